@@ -1,0 +1,41 @@
+/// @file table.hpp
+/// @brief A plain text table for the programs' results, and CSV next to it.
+#pragma once
+
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+namespace mla {
+
+/// @addtogroup core
+/// @{
+
+/// Rows of strings under a header, printed with aligned columns (numbers right-aligned).
+/// `write_csv` saves the same rows, so the plots and the terminal show the same data.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}
+  /// Append one row; it must have as many cells as the header.
+  void add(std::vector<std::string> row);
+  void print(std::ostream& os) const;
+  /// Write header and rows as CSV to `path` (creating its folder); throws on failure.
+  void write_csv(const std::string& path) const;
+  std::size_t rows() const { return rows_.size(); }
+
+ private:
+  std::vector<std::string> header_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+/// Format a number with `digits` significant digits ("%.*g"), or fixed decimals with `fixed`.
+std::string num(double v, int digits = 4);
+std::string fixed(double v, int decimals = 2);
+/// An integer with thousands separators: 3997696 -> "3,997,696".
+std::string grouped(long long v);
+/// Bytes in human units: 70272 -> "68.6 KiB".
+std::string human_bytes(double bytes);
+
+/// @}
+
+}  // namespace mla
