@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "mla/compare.hpp"
+#include "mla/json.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
 #include "mla/tensor.hpp"
@@ -120,4 +121,18 @@ TEST_CASE("number formatting for tables", "[core]") {
   t.add({"x", "1"});
   REQUIRE_THROWS(t.add({"only one"}));
   CHECK(t.rows() == 1);
+}
+
+TEST_CASE("json fields: missing, wrong kind and negative sizes are errors naming the field",
+          "[core]") {
+  const auto j =
+      parse_json(R"({"a": 3, "b": 2.0, "c": "x", "d": null, "e": -1, "f": 2.5})", "t.json");
+  CHECK(json_field<int>(j, "a", "t.json") == 3);
+  CHECK(json_field<std::size_t>(j, "b", "t.json") == 2);
+  CHECK_FALSE(json_optional<int>(j, "d", "t.json").has_value());
+  CHECK_THROWS_WITH(json_field<int>(j, "zz", "t.json"), Catch::Contains("'zz' is missing"));
+  CHECK_THROWS_WITH(json_field<int>(j, "c", "t.json"), Catch::Contains("'c' is not an integer"));
+  CHECK_THROWS_WITH(json_field<int>(j, "f", "t.json"), Catch::Contains("'f'"));
+  CHECK_THROWS_WITH(json_field<std::size_t>(j, "e", "t.json"), Catch::Contains("non-negative"));
+  CHECK_THROWS_AS(parse_json("{nope", "bad.json"), InputError);
 }

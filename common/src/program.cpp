@@ -89,6 +89,8 @@ void check_memory(double bytes, const std::string& what) {
   }
 }
 
-bool stdout_is_terminal() { return isatty(fileno(stdout)) != 0; }
+bool stdout_is_terminal() {
+  return isatty(fileno(stdout)) != 0;
+}
 
 }  // namespace mla

@@ -77,7 +77,8 @@ std::string fixed(double v, int decimals) {
 
 std::string grouped(long long v) {
   std::string s = std::to_string(v < 0 ? -v : v);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<std::size_t>(i), ",");
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
+    s.insert(static_cast<std::size_t>(i), ",");
   return v < 0 ? "-" + s : s;
 }
 

@@ -17,8 +17,7 @@ namespace mla {
 
 /// Seconds since an arbitrary epoch (steady clock).
 inline double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 /// Keeps a value alive so the optimizer cannot delete the work that produced it.

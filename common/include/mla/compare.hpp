@@ -15,11 +15,11 @@ namespace mla {
 
 /// The outcome of comparing a result with a reference of the same size.
 struct Comparison {
-  double max_abs = 0.0;  ///< max |a - ref|
-  double max_rel = 0.0;  ///< max |a - ref| / max(|ref|, tiny)
+  double max_abs = 0.0;   ///< max |a - ref|
+  double max_rel = 0.0;   ///< max |a - ref| / max(|ref|, tiny)
   std::size_t worst = 0;  ///< flat index of the largest absolute error
   std::size_t count = 0;  ///< number of elements compared
-  bool finite = true;     ///< false if either side holds a NaN or an infinity where the other does not
+  bool finite = true;  ///< false if either side holds a NaN or an infinity where the other does not
   std::string describe() const;  ///< "max abs 1.2e-07, max rel 3.4e-06 (n=...)"
 };
 

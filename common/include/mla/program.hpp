@@ -46,8 +46,9 @@ std::string data_dir();
 /// Bytes of memory this machine can still give (MemAvailable), or 0 if unknown.
 std::size_t available_memory_bytes();
 
-/// Throws InputError naming `what` if `bytes` would not fit in the available memory (with a margin),
-/// so a program refuses a too-big configuration before allocating rather than being OOM-killed.
+/// Throws InputError naming `what` if `bytes` would not fit in the available memory (with a
+/// margin), so a program refuses a too-big configuration before allocating rather than being
+/// OOM-killed.
 void check_memory(double bytes, const std::string& what);
 
 /// True if standard output is a terminal (for shaded heatmaps and progress lines).

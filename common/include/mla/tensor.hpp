@@ -2,7 +2,8 @@
 /// @brief The shared tensor core: aliases, `linear`, softmax, masks, RMSNorm.
 ///
 /// Every chapter computes with these few functions, so that what changes from one chapter to the
-/// next is the idea, not the arithmetic underneath it. Tensors are row-major `xt::xtensor<float, N>`.
+/// next is the idea, not the arithmetic underneath it. Tensors are row-major `xt::xtensor<float,
+/// N>`.
 #pragma once
 
 #include <cstddef>

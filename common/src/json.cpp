@@ -1,0 +1,91 @@
+#include "mla/json.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <type_traits>
+
+namespace mla {
+
+nlohmann::json parse_json(const std::string& text, const std::string& origin) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw InputError(origin + ": not well-formed JSON (" + e.what() + ")");
+  }
+}
+
+nlohmann::json load_json_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw InputError(path + ": cannot open file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return parse_json(ss.str(), path);
+}
+
+namespace {
+
+template <class T>
+T convert(const nlohmann::json& v, const std::string& key, const std::string& origin) {
+  auto bad = [&](const char* kind) {
+    return InputError(origin + ": field '" + key + "' is not " + kind + " (got " + v.dump() + ")");
+  };
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) throw bad("a boolean");
+    return v.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!v.is_number_integer()) {
+      // 4096.0 is an integer written as a float; 4096.5 is not.
+      if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) {
+        const double d = v.get<double>();
+        if (std::is_unsigned_v<T> && d < 0) throw bad("a non-negative integer");
+        return static_cast<T>(d);
+      }
+      throw bad("an integer");
+    }
+    if (std::is_unsigned_v<T> && v.get<std::int64_t>() < 0) throw bad("a non-negative integer");
+    return v.get<T>();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) throw bad("a number");
+    return v.get<T>();
+  } else {
+    static_assert(std::is_same_v<T, std::string>, "json_field: unsupported type");
+    if (!v.is_string()) throw bad("a string");
+    return v.get<std::string>();
+  }
+}
+
+}  // namespace
+
+template <class T>
+T json_field(const nlohmann::json& j, const std::string& key, const std::string& origin) {
+  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) throw InputError(origin + ": field '" + key + "' is missing");
+  return convert<T>(*it, key, origin);
+}
+
+template <class T>
+std::optional<T> json_optional(const nlohmann::json& j, const std::string& key,
+                               const std::string& origin) {
+  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  return convert<T>(*it, key, origin);
+}
+
+#define MLA_JSON_INSTANTIATE(T)                                                            \
+  template T json_field<T>(const nlohmann::json&, const std::string&, const std::string&); \
+  template std::optional<T> json_optional<T>(const nlohmann::json&, const std::string&,    \
+                                             const std::string&);
+MLA_JSON_INSTANTIATE(bool)
+MLA_JSON_INSTANTIATE(int)
+MLA_JSON_INSTANTIATE(long)
+MLA_JSON_INSTANTIATE(unsigned long)
+MLA_JSON_INSTANTIATE(double)
+MLA_JSON_INSTANTIATE(float)
+MLA_JSON_INSTANTIATE(std::string)
+#undef MLA_JSON_INSTANTIATE
+
+}  // namespace mla
