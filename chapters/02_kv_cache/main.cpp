@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "mla/cli.hpp"
+
 #include "02_kv_cache/kv_cache.hpp"
 #include "mla/bench.hpp"
 #include "mla/compare.hpp"
@@ -22,29 +24,29 @@ int main(int argc, char** argv) {
   std::size_t min_context = 64, max_context = 2048, runs = 5;
   std::uint64_t seed = mla::kDefaultSeed;
   app.add_option("--layers", layers, "Decoder layers")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--d-model", d_model, "Width of the model (one head of this size)")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--vocab", vocab, "Vocabulary size")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--steps", steps, "Tokens to generate for the equality check")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--prompt", prompt_len, "Prompt length for the equality check")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--min-context", min_context, "Shortest context timed")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--max-context,--context", max_context,
                  "Longest context timed (contexts double from --min-context up to this)")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--runs", runs, "Timed runs per measurement (the median is reported)")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   mla::add_seed_option(app, seed);
   if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -32,7 +33,7 @@ int parse_options(CLI::App& app, int argc, char** argv) {
     std::cout << app.help("", CLI::AppFormatMode::All);
     return kExitOk;
   } catch (const CLI::ParseError& e) {
-    std::cerr << app.get_name() << ": error: " << e.what() << "\n"
+    std::cerr << std::filesystem::path(app.get_name()).filename().string() << ": error: " << e.what() << "\n"
               << "Run with --help for the options.\n";
     return kExitBadInput;
   }
