@@ -1,0 +1,209 @@
+/// @file mla_layer.hpp
+/// @brief The complete DeepSeek-V2/V3 attention layer (MLA with decoupled RoPE), two ways:
+///        naive (per-head keys and values cached) and absorbed (only the latent and the shared
+///        rope key cached).
+///
+/// The data of one token, as the absorbed path computes it:
+///
+///     h (d_model) -> q_a_proj -> q_a_layernorm -> q_b_proj   (or q_proj)   -> (H, d_nope + d_rope)
+///                    per head [q_nope (d_nope) | q_rope (d_rope)], RoPE(q_rope)
+///     h (d_model) -> kv_a_proj_with_mqa -> [c_kv (d_c) | k_rope (d_rope)]
+///                    kv_a_layernorm(c_kv), RoPE(k_rope)  -> cache (T, d_c + d_rope)
+///     q_nope -> through W_UK (from kv_b_proj) -> q_lat (H, d_c)
+///     scores (H, T) = scale · (q_lat · c_kvᵀ + q_rope · k_ropeᵀ) -> softmax -> (H, d_c) = P · c_kv
+///     -> through W_UV (from kv_b_proj) -> (H, d_v) -> o_proj -> (d_model)
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "04_low_rank_latents/latent.hpp"
+#include "06_decoupled_rope/latent_attention.hpp"
+#include "06_decoupled_rope/rope.hpp"
+#include "mla/config.hpp"
+#include "mla/random.hpp"
+#include "mla/safetensors.hpp"
+#include "mla/tensor.hpp"
+
+namespace mla::ch06 {
+
+/// @defgroup ch06 Chapter 6 — Decoupled RoPE
+/// @brief Rotary position embeddings break absorption; DeepSeek's decoupled rope key fixes it.
+///        The full MLA layer of DeepSeek-V2/V3, loading real checkpoints.
+/// @{
+
+/// The weights of one MLA layer, named and laid out as a DeepSeek checkpoint stores them
+/// (`model.layers.N.self_attn.<name>.weight`, Linear weights as (out_features, in_features)).
+/// H = num_attention_heads, d_qk = qk_nope_head_dim + qk_rope_head_dim.
+struct MlaWeights {
+  Mat q_proj;              ///< (H·d_qk, d_model); empty when the layer compresses queries
+  Mat q_a_proj;            ///< (q_lora_rank, d_model): W_DQ, the query latent; empty without one
+  Vec q_a_layernorm;       ///< (q_lora_rank)
+  Mat q_b_proj;            ///< (H·d_qk, q_lora_rank): W_UQ and W_QR, stacked per head
+  Mat kv_a_proj_with_mqa;  ///< (d_c + d_rope, d_model): W_DKV (d_c rows) then W_KR (d_rope rows)
+  Vec kv_a_layernorm;      ///< (d_c)
+  Mat kv_b_proj;           ///< (H·(d_nope + d_v), d_c): per head, W_UK (d_nope rows), W_UV (d_v)
+  Mat o_proj;              ///< (d_model, H·d_v)
+
+  /// True if queries go through a latent (q_a_proj -> q_a_layernorm -> q_b_proj).
+  bool compressed_query() const { return q_a_proj.size() > 0; }
+};
+
+/// "model.layers.<layer>.self_attn.": the prefix of every tensor of one attention layer.
+std::string attention_prefix(std::size_t layer);
+
+/// Check that a config describes a layer these classes can run: positive sizes, an even
+/// qk_rope_head_dim, positive rope_theta and rms_norm_eps, a YaRN factor > 0 and
+/// original_max_position_embeddings > 0 when YaRN is active. InputError naming the field.
+void check_mla_config(const MlaConfig& cfg);
+
+/// Check every weight's shape against the config. InputError "<name>: expected [r, c], found
+/// [r', c']", or naming a weight that is missing (e.g. q_a_proj when q_lora_rank is set).
+void check_mla_weights(const MlaWeights& w, const MlaConfig& cfg);
+
+/// Load layer `layer`'s attention weights from a checkpoint, any dtype (F32, BF16, F16), and
+/// check their shapes against `cfg` (q_proj when q_lora_rank is null, else q_a_proj, q_a_layernorm,
+/// q_b_proj). InputError naming the tensor, the shape expected and the shape found.
+MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::size_t layer);
+
+/// Random weights for tests and demonstrations: Linear weights ~ N(0, 1/fan_in), norm weights
+/// 1 + N(0, 0.1²) ("near 1").
+MlaWeights random_mla_weights(const MlaConfig& cfg, Rng& rng);
+
+/// A config with the given sizes (num_hidden_layers = 1, rope_theta 10000, rms_norm_eps 1e-6,
+/// max_position_embeddings 4096), for tests and demonstrations. Pass `yarn` to enable YaRN (then
+/// set max_position_embeddings above its original_max_position_embeddings yourself if needed).
+MlaConfig make_mla_config(std::size_t d_model, std::size_t heads, std::optional<std::size_t> q_lora,
+                          std::size_t d_c, std::size_t d_nope, std::size_t d_rope, std::size_t d_v,
+                          std::optional<YarnScaling> yarn = std::nullopt);
+
+/// One MLA attention layer over a batch of B sequences that advance together, each with its own
+/// cache. Both paths share everything up to the attention (projections, norms, RoPE) and the
+/// output projection; they differ in what they cache and how they attend (attend()).
+class MlaLayer {
+ public:
+  MlaLayer(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch);
+  virtual ~MlaLayer() = default;
+  MlaLayer(const MlaLayer&) = delete;
+  MlaLayer& operator=(const MlaLayer&) = delete;
+
+  /// The next S tokens of each sequence, at positions position() .. position()+S-1, causal among
+  /// themselves; appends them to the caches.
+  /// @param x (B, S, d_model)
+  /// @return  (B, S, d_model)
+  /// Prefill is one call with S tokens; decode is calls with S = 1.
+  Tensor3 forward(const Tensor3& x);
+
+  /// Tokens cached per sequence (the position of the next token).
+  std::size_t position() const { return position_; }
+  std::size_t batch() const { return batch_; }
+  /// Numbers cached per token of one sequence (naive: H·(d_qk + d_v); absorbed: d_c + d_rope).
+  virtual std::size_t cache_floats_per_token() const = 0;
+  /// Numbers held in all caches: batch() · position() · cache_floats_per_token().
+  std::size_t cache_floats() const { return batch_ * position_ * cache_floats_per_token(); }
+
+  const MlaConfig& config() const { return cfg_; }
+  const MlaWeights& weights() const { return *w_; }
+  const Rope& rope() const { return rope_; }
+  /// d_qk^-0.5 · m² (see mla_softmax_scale()).
+  float softmax_scale() const { return scale_; }
+
+  /// Queries of N = B·S tokens, rope part rotated: (N, H·d_qk), per head [q_nope | RoPE(q_rope)].
+  /// Rows are (sequence, token) in order; token s of a row sits at position start + s.
+  Mat project_queries(const Mat& h, std::size_t S, std::size_t start) const;
+  /// The KV latent and rope key of N = B·S tokens: c_kv (N, d_c) normalized, k_rope (N, d_rope)
+  /// rotated.
+  void project_latents(const Mat& h, std::size_t S, std::size_t start, Mat& c_kv,
+                       Mat& k_rope) const;
+
+ protected:
+  /// The attention of one call: append the new tokens to the caches and attend.
+  /// @param q      (B·S, H·d_qk) rotated queries
+  /// @param c_kv   (B·S, d_c) normalized latents
+  /// @param k_rope (B·S, d_rope) rotated rope keys
+  /// @return       (B·S, H·d_v): per head, the attention-weighted values (o_proj's input)
+  virtual Mat attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::size_t S,
+                     std::size_t start) = 0;
+
+  MlaConfig cfg_;
+  std::shared_ptr<const MlaWeights> w_;
+  std::size_t batch_;
+  Rope rope_;
+  float scale_;
+  std::size_t H_, d_nope_, d_rope_, d_qk_, d_v_, d_c_;
+
+ private:
+  std::size_t position_ = 0;
+};
+
+/// The naive path, as DeepSeek's reference writes it for training: up-project every latent to
+/// full per-head keys `[k_nope_h | RoPE(k_rope)]` (d_qk) and values (d_v), and cache those.
+class NaiveMla final : public MlaLayer {
+ public:
+  NaiveMla(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch);
+  std::size_t cache_floats_per_token() const override { return H_ * (d_qk_ + d_v_); }
+
+ protected:
+  Mat attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::size_t S,
+             std::size_t start) override;
+
+ private:
+  std::vector<std::vector<float>> k_cache_;  // per sequence: (T, H, d_qk)
+  std::vector<std::vector<float>> v_cache_;  // per sequence: (T, H, d_v)
+};
+
+/// The absorbed path, as DeepSeek serves it: cache only `[c_kv | RoPE(k_rope)]` (d_c + d_rope
+/// numbers per token: 576 in V2/V3), absorb W_UK into each head's query, attend in the latent
+/// space through a LatentAttention core, expand the result through W_UV.
+class AbsorbedMla final : public MlaLayer {
+ public:
+  /// `core` makes each sequence's attention core (default: the reference one).
+  AbsorbedMla(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch,
+              LatentAttentionFactory core = make_reference_latent_attention);
+  std::size_t cache_floats_per_token() const override { return d_c_ + d_rope_; }
+
+ protected:
+  Mat attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::size_t S,
+             std::size_t start) override;
+
+ private:
+  ch04::KvUp up_;  // kv_b_proj split: W_uk (H·d_nope, d_c), W_uv (H·d_v, d_c)
+  std::vector<std::unique_ptr<LatentAttention>> cores_;  // one per sequence
+};
+
+/// Makes a layer of one path for (config, weights, batch).
+using MlaLayerFactory = std::function<std::unique_ptr<MlaLayer>(
+    const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch)>;
+
+/// A named way of computing the layer; mla_verify runs every path it is given.
+struct MlaPath {
+  std::string name;         ///< short, for tables and `--path`: "naive", "absorbed", ...
+  std::string description;  ///< one line
+  MlaLayerFactory make;
+};
+
+/// An absorbed path whose attention core comes from `core` (how chapter 7 adds its kernels).
+MlaPath absorbed_path(std::string name, std::string description, LatentAttentionFactory core);
+
+/// The paths of this chapter: "naive" (NaiveMla) and "absorbed" (AbsorbedMla with the reference
+/// core).
+std::vector<MlaPath> builtin_paths();
+
+/// Feed x (B, N, d_model) to the layer one token per call (S = 1), as decoding does.
+/// @return (B, N, d_model)
+Tensor3 decode_token_by_token(MlaLayer& layer, const Tensor3& x);
+
+/// Run a layer the way the golden cases were made: `prefill` (B, S, d_model) in one call at
+/// positions 0..S-1, then `decode` (B, N, d_model) one token at a time.
+/// @return the outputs {prefill (B, S, d_model), decode (B, N, d_model)}
+std::pair<Tensor3, Tensor3> run_prefill_decode(MlaLayer& layer, const Tensor3& prefill,
+                                               const Tensor3& decode);
+
+/// @}
+
+}  // namespace mla::ch06

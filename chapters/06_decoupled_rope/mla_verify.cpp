@@ -1,0 +1,143 @@
+// mla_verify: run test cases (a Hugging Face config.json + a safetensors file with the layer's
+// weights and test inputs/outputs) through every implementation of the MLA layer and compare.
+// Exit code 0: every path matches within the tolerance; 1: some path does not; 2: unusable input.
+#include <cmath>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "06_decoupled_rope/verify.hpp"
+#include "mla/program.hpp"
+#include "mla/table.hpp"
+
+namespace {
+
+using namespace mla::ch06;
+
+// Every path mla_verify knows. The list is data: chapter 7 appends its optimized paths here
+// (e.g. paths.push_back(absorbed_path("simd", "...", make_simd_latent_attention))).
+std::vector<MlaPath> available_paths() {
+  return builtin_paths();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Check the MLA layer against test cases computed by DeepSeek's reference implementation: "
+      "each case's test.prefill.input (one call, causal) then test.decode.input (token by "
+      "token) through every path, compared with test.prefill.output and test.decode.output. "
+      "Without --config/--weights/--golden-dir it runs every case in the project's data/golden/. "
+      "Exit code 0 if all match, 1 if any does not, 2 for unusable input."};
+  std::string config, weights, golden_dir;
+  long long layer_arg = -1;
+  double tolerance = 1e-4;
+  std::vector<std::string> only;
+  bool list = false;
+  app.add_option("--config", config, "Hugging Face config.json of the layer (NAME.config.json)");
+  app.add_option("--weights", weights,
+                 "safetensors with model.layers.N.self_attn.* and test.* tensors "
+                 "(default: NAME.safetensors beside NAME.config.json)");
+  app.add_option("--golden-dir", golden_dir,
+                 "Run every NAME.config.json + NAME.safetensors case in this folder");
+  app.add_option("--layer", layer_arg,
+                 "Attention layer N to test (default: the only one in the file)")
+      ->check(CLI::Range(0LL, 1000000LL));
+  app.add_option("--tolerance", tolerance, "Largest absolute error that passes")
+      ->capture_default_str()
+      ->check(
+          [](const std::string& v) -> std::string {
+            try {
+              const double x = std::stod(v);
+              return x > 0 && std::isfinite(x) ? "" : "must be a positive number, got " + v;
+            } catch (const std::exception&) {
+              return "must be a positive number, got " + v;
+            }
+          },
+          "POSITIVE");
+  app.add_option("--path", only, "Run only this path (repeatable); see --list-paths");
+  app.add_flag("--list-paths", list, "List the paths and exit");
+  if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;
+
+  return mla::run_program("mla_verify", [&] {
+    std::optional<std::size_t> layer;
+    if (layer_arg >= 0) layer = static_cast<std::size_t>(layer_arg);
+    std::vector<MlaPath> paths = available_paths();
+    if (list) {
+      for (const MlaPath& p : paths) std::cout << p.name << "  " << p.description << "\n";
+      return 0;
+    }
+    if (!only.empty()) {
+      const std::set<std::string> wanted(only.begin(), only.end());
+      std::vector<MlaPath> chosen;
+      for (const MlaPath& p : paths) {
+        if (wanted.count(p.name)) chosen.push_back(p);
+      }
+      for (const std::string& w : wanted) {
+        bool known = false;
+        for (const MlaPath& p : paths) known = known || p.name == w;
+        if (!known) throw mla::InputError("--path: no path named '" + w + "' (see --list-paths)");
+      }
+      paths = chosen;
+    }
+
+    std::vector<CaseFiles> cases;
+    if (!golden_dir.empty()) {
+      if (!config.empty() || !weights.empty()) {
+        throw mla::InputError("--golden-dir: give either a folder or --config/--weights, not both");
+      }
+      cases = find_golden_cases(golden_dir);
+    } else if (!config.empty() || !weights.empty()) {
+      CaseFiles c;
+      c.config = config.empty() ? config_path_for_weights(weights) : config;
+      c.weights = weights.empty() ? weights_path_for_config(config) : weights;
+      cases.push_back(c);
+    } else {
+      cases = find_golden_cases(mla::data_dir() + "/golden");
+    }
+
+    mla::Table table(
+        {"case", "path", "phase", "tokens", "max abs err", "max rel err", "ms", "result"});
+    std::size_t failed = 0, rows = 0;
+    for (const CaseFiles& files : cases) {
+      const GoldenCase c = load_golden_case(files.config, files.weights, layer);
+      const float scale = mla_softmax_scale(c.config);
+      std::cout << c.name << ": layer " << c.layer << ", batch " << c.prefill_input.shape(0)
+                << ", prefill " << c.prefill_input.shape(1) << " + decode "
+                << c.decode_input.shape(1) << " tokens,\n  " << c.config.num_attention_heads
+                << " heads, d_c " << c.config.kv_lora_rank << " + d_rope "
+                << c.config.qk_rope_head_dim << ", "
+                << (c.config.q_lora_rank ? "q_lora_rank " + std::to_string(*c.config.q_lora_rank)
+                                         : std::string("no query compression"))
+                << (yarn_active(c.config) ? ", YaRN" : "") << ", softmax scale "
+                << mla::num(scale, 8);
+      if (c.reference_softmax_scale) {
+        std::cout << " (file says " << mla::num(*c.reference_softmax_scale, 8) << ")";
+      }
+      std::cout << "\n";
+      for (const VerifyRow& r : verify_case(c, paths, tolerance)) {
+        ++rows;
+        failed += r.pass ? 0 : 1;
+        table.add({r.case_name, r.path, r.phase, std::to_string(r.tokens),
+                   mla::num(r.cmp.max_abs, 3), mla::num(r.cmp.max_rel, 3),
+                   mla::fixed(1e3 * r.seconds, 2),
+                   r.pass ? "ok" : (r.cmp.finite ? "FAIL" : "FAIL (non-finite)")});
+      }
+    }
+    std::cout << "\n";
+    table.print(std::cout);
+    if (failed == 0) {
+      std::cout << "\nAll " << rows << " results within " << mla::num(tolerance, 3)
+                << " of the reference.\n";
+      return 0;
+    }
+    std::cout << "\n"
+              << failed << " of " << rows << " results differ from the reference by more than "
+              << mla::num(tolerance, 3) << ".\n";
+    return 1;
+  });
+}
