@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <type_traits>
 
@@ -11,7 +12,8 @@ namespace mla {
 nlohmann::json parse_json(const std::string& text, const std::string& origin) {
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error for bad syntax, out_of_range for numbers like 1e999: both are bad input.
     throw InputError(origin + ": not well-formed JSON (" + e.what() + ")");
   }
 }
@@ -29,23 +31,39 @@ namespace {
 template <class T>
 T convert(const nlohmann::json& v, const std::string& key, const std::string& origin) {
   auto bad = [&](const char* kind) {
-    return InputError(origin + ": field '" + key + "' is not " + kind + " (got " + v.dump() + ")");
+    std::string got = v.dump();
+    if (got.size() > 80) got = got.substr(0, 77) + "...";  // a huge token must not make a huge message
+    return InputError(origin + ": field '" + key + "' is not " + kind + " (got " + got + ")");
   };
   if constexpr (std::is_same_v<T, bool>) {
     if (!v.is_boolean()) throw bad("a boolean");
     return v.get<bool>();
   } else if constexpr (std::is_integral_v<T>) {
-    if (!v.is_number_integer()) {
-      // 4096.0 is an integer written as a float; 4096.5 is not.
-      if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) {
-        const double d = v.get<double>();
-        if (std::is_unsigned_v<T> && d < 0) throw bad("a non-negative integer");
-        return static_cast<T>(d);
-      }
-      throw bad("an integer");
+    using lim = std::numeric_limits<T>;
+    const char* kind = std::is_unsigned_v<T> ? "a non-negative integer in range" : "an integer in range";
+    if (v.is_number_unsigned()) {
+      const auto u = v.get<std::uint64_t>();
+      if (u > static_cast<std::uint64_t>(lim::max())) throw bad(kind);
+      return static_cast<T>(u);
     }
-    if (std::is_unsigned_v<T> && v.get<std::int64_t>() < 0) throw bad("a non-negative integer");
-    return v.get<T>();
+    if (v.is_number_integer()) {
+      const auto i = v.get<std::int64_t>();
+      if (i < 0 && std::is_unsigned_v<T>) throw bad(kind);
+      if (i < static_cast<std::int64_t>(lim::min())) throw bad(kind);
+      if (i > 0 && static_cast<std::uint64_t>(i) > static_cast<std::uint64_t>(lim::max()))
+        throw bad(kind);
+      return static_cast<T>(i);
+    }
+    // 4096.0 is an integer written as a float; 4096.5 is not. Range-check before casting:
+    // casting an out-of-range double to an integer is undefined behaviour.
+    if (v.is_number_float()) {
+      const double d = v.get<double>();
+      if (std::floor(d) != d) throw bad("an integer");
+      if (!(d >= static_cast<double>(lim::min()) && d <= static_cast<double>(lim::max()) * 0.999))
+        throw bad(kind);
+      return static_cast<T>(d);
+    }
+    throw bad("an integer");
   } else if constexpr (std::is_floating_point_v<T>) {
     if (!v.is_number()) throw bad("a number");
     return v.get<T>();
