@@ -147,11 +147,15 @@ int main(int argc, char** argv) {
                 << mla::num(worst_masked, 2) << (worst_masked == 0.0 ? "  ok" : "  FAILED") << "\n";
     }
 
+    // CSV cells cannot hold a bare ",", and gnuplot ignores CSV quoting: name that token.
+    auto label = [&](std::size_t t) {
+      return std::to_string(t) + ":" + (tokens[t] == "," ? std::string("comma") : tokens[t]);
+    };
     std::vector<std::string> header = {"query"};
-    for (std::size_t j = 0; j < T; ++j) header.push_back(std::to_string(j) + ":" + tokens[j]);
+    for (std::size_t j = 0; j < T; ++j) header.push_back(label(j));
     mla::Table csv(header);
     for (std::size_t i = 0; i < T; ++i) {
-      std::vector<std::string> row = {std::to_string(i) + ":" + tokens[i]};
+      std::vector<std::string> row = {label(i)};
       for (std::size_t j = 0; j < T; ++j) row.push_back(mla::num(P(i, j), 6));
       csv.add(row);
     }
