@@ -8,6 +8,8 @@
 #include <map>
 #include <stdexcept>
 
+#include "mla/exercise.hpp"
+
 namespace mla::ch01 {
 
 Mat attention_weights(const Mat& q, const Mat& k, Masking masking) {
@@ -20,6 +22,13 @@ Mat attention_weights(const Mat& q, const Mat& k, Masking masking) {
     throw std::invalid_argument("attention: a causal mask needs at least as many keys (" +
                                 std::to_string(m) + ") as queries (" + std::to_string(n) + ")");
   }
+#if MLA_EXERCISES
+  MLA_EXERCISE(
+      "1.1", "attention_weights()",
+      "scores (n, m) = q·kᵀ / sqrt(d_k) (mla::linear(q, k) computes q·kᵀ); if causal, "
+      "apply_causal_mask(scores, m - n) (query i sits at position m-n+i, so keys after it "
+      "become -inf); then softmax_rows(scores): every row sums to 1, masked entries are 0");
+#else
   // scores (n, m) = q · kᵀ: one BLAS call (mla::linear computes x · Wᵀ, and k is laid out as W).
   Mat scores = linear(q, k);
   // Why 1/sqrt(d_k): a dot product of d_k unit-variance terms has variance d_k; without the scale
@@ -30,6 +39,7 @@ Mat attention_weights(const Mat& q, const Mat& k, Masking masking) {
   }
   softmax_rows(scores);  // -inf -> weight 0; each row now sums to 1
   return scores;
+#endif
 }
 
 Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking) {
@@ -37,8 +47,16 @@ Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking) {
     throw std::invalid_argument("attention: " + std::to_string(k.shape(0)) + " keys but " +
                                 std::to_string(v.shape(0)) + " values");
   }
+#if MLA_EXERCISES
+  (void)q, (void)masking;
+  MLA_EXERCISE("1.2", "attention()",
+               "out (n, d_v) = P (n, m) · v (m, d_v) with P = attention_weights(q, k, masking), "
+               "your 1.1: row i of the output is the P(i, ·)-weighted mean of the value rows; "
+               "mla::matmul(a, b) multiplies two matrices");
+#else
   // (n, m) · (m, d_v) -> (n, d_v)
   return matmul(attention_weights(q, k, masking), v);
+#endif
 }
 
 void attend_one(const float* q, const float* k, std::size_t k_stride, const float* v,
@@ -49,6 +67,14 @@ void attend_one(const float* q, const float* k, std::size_t k_stride, const floa
     return;
   }
   if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(d_k));
+#if MLA_EXERCISES
+  (void)q, (void)k, (void)k_stride, (void)v, (void)v_stride, (void)scratch;
+  MLA_EXERCISE("1.3", "attend_one()",
+               "key row r (r < m) starts at k + r*k_stride, value row r at v + r*v_stride; "
+               "scratch[r] = scale * (key row r · q) over d_k numbers; mla::softmax(scratch, m); "
+               "out[j] = sum over r of scratch[r] * (value row r)[j], for j < d_v "
+               "(plain loops, or two cblas_sgemv calls)");
+#else
   const auto M = static_cast<int>(m), DK = static_cast<int>(d_k), DV = static_cast<int>(d_v);
   // scratch (m) = scale · K q: one matrix-vector product over the strided rows of K.
   cblas_sgemv(CblasRowMajor, CblasNoTrans, M, DK, scale, k, static_cast<int>(k_stride), q, 1, 0.0f,
@@ -57,6 +83,7 @@ void attend_one(const float* q, const float* k, std::size_t k_stride, const floa
   // out (d_v) = Vᵀ p: the weighted sum of the value rows.
   cblas_sgemv(CblasRowMajor, CblasTrans, M, DV, 1.0f, v, static_cast<int>(v_stride), scratch, 1,
               0.0f, out, 1);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

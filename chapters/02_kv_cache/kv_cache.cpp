@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "mla/exercise.hpp"
+
 namespace mla::ch02 {
 
 ToyDecoder random_decoder(std::size_t n_layers, std::size_t d_model, std::size_t vocab, Rng& rng) {
@@ -107,6 +109,17 @@ CachedDecoder::CachedDecoder(const ToyDecoder& model)
     : model_(model), cache_(model.layers.size(), model.d_model()) {}
 
 Mat CachedDecoder::step(const std::vector<int>& new_tokens) {
+#if MLA_EXERCISES
+  (void)new_tokens;
+  MLA_EXERCISE(
+      "2.1", "CachedDecoder::step()",
+      "follow forward_full, but run only the n new tokens (n, d) through each layer l: "
+      "q, k, v = linear(rmsnorm(h), W_q/W_k/W_v); cache_.append(l, k, v); new token i sits "
+      "at position past+i (past = cache_.tokens()) and sees past+i+1 cached rows: "
+      "ch01::attend_one(&q(i, 0), cache_.keys(l), d, cache_.values(l), d, past+i+1, d, d, "
+      "scratch_ (room for past+n), &att(i, 0)); h += linear(att, W_o). Then "
+      "cache_.commit(n) and the final rmsnorm");
+#else
   const std::size_t n = new_tokens.size(), d = model_.d_model(), past = cache_.tokens();
   Mat h = embed_tokens(model_, new_tokens);  // (n, d): only the new tokens
   Mat att = xt::empty<float>({n, d});
@@ -127,6 +140,7 @@ Mat CachedDecoder::step(const std::vector<int>& new_tokens) {
   }
   cache_.commit(n);
   return rmsnorm(h, model_.final_norm, model_.eps);
+#endif
 }
 
 Generation generate_recompute(const ToyDecoder& model, const std::vector<int>& prompt,
@@ -148,6 +162,16 @@ Generation generate_recompute(const ToyDecoder& model, const std::vector<int>& p
 Generation generate_cached(const ToyDecoder& model, const std::vector<int>& prompt,
                            std::size_t steps) {
   if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
+#if MLA_EXERCISES
+  (void)model, (void)steps;
+  MLA_EXERCISE(
+      "2.2", "generate_cached()",
+      "g.hidden = (steps, d_model); CachedDecoder dec(model); H = dec.step(prompt) runs the "
+      "whole prompt once (prefill); then per step s: the last row of H is the hidden state, "
+      "copy it to g.hidden row s, next_token(model, last row) is the new token; feed ONLY "
+      "that token back with dec.step({token}) (the cache holds the rest). Same tokens as "
+      "generate_recompute");
+#else
   Generation g;
   g.hidden = xt::empty<float>({steps, model.d_model()});
   if (steps == 0) return g;
@@ -160,6 +184,7 @@ Generation generate_cached(const ToyDecoder& model, const std::vector<int>& prom
     if (s + 1 < steps) H = dec.step({g.tokens.back()});  // then one token per step
   }
   return g;
+#endif
 }
 
 std::size_t kv_cache_bytes(std::size_t n_layers, std::size_t tokens, std::size_t d_model,

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "01_attention/attention.hpp"
+#include "mla/exercise.hpp"
 
 namespace mla::ch03 {
 
@@ -28,7 +29,8 @@ void check_shape(const MhaWeights& w) {
 }
 
 // Columns [c0, c0 + width) of a (rows, cols) matrix as a (rows, width) matrix of their own.
-Mat columns(const Mat& a, std::size_t c0, std::size_t width) {
+// (maybe_unused: in exercise mode its only caller is a stub, and a learner may want it back.)
+[[maybe_unused]] Mat columns(const Mat& a, std::size_t c0, std::size_t width) {
   Mat out = xt::empty<float>({a.shape(0), width});
   for (std::size_t r = 0; r < a.shape(0); ++r) std::copy_n(&a(r, c0), width, &out(r, 0));
   return out;
@@ -55,6 +57,15 @@ MhaWeights random_mha(std::size_t d_model, std::size_t n_heads, std::size_t n_kv
 
 Mat mha_forward(const Mat& x, const MhaWeights& w) {
   check_shape(w);
+#if MLA_EXERCISES
+  (void)x;
+  MLA_EXERCISE("3.1", "mha_forward()",
+               "q = linear(x, W_q) (T, n_h·d_h), k and v = linear(x, W_k / W_v) (T, n_kv·d_h); "
+               "head h owns columns h·d_h .. h·d_h+d_h of q and reads key/value head "
+               "g = h / group_size() (columns g·d_h ..); each head is ch01::attention(q_h, k_g, "
+               "v_g) (causal) on (T, d_h) slices (columns() copies a slice); write head h's "
+               "(T, d_h) output into columns h·d_h of a (T, n_h·d_h) matrix, then linear(it, W_o)");
+#else
   const std::size_t T = x.shape(0), dh = w.head_dim, group = w.group_size();
   // x (T, d_model) -> q (T, n_h·d_h), k and v (T, n_kv·d_h): head h owns columns h·d_h .. +d_h.
   const Mat q = linear(x, w.W_q), k = linear(x, w.W_k), v = linear(x, w.W_v);
@@ -69,6 +80,7 @@ Mat mha_forward(const Mat& x, const MhaWeights& w) {
     }
   }
   return linear(heads, w.W_o);  // (T, n_h·d_h) -> (T, d_model)
+#endif
 }
 
 MhaDecoder::MhaDecoder(const MhaWeights& w) : w_(w), cache_(1, w.n_kv_heads * w.head_dim) {
@@ -76,12 +88,21 @@ MhaDecoder::MhaDecoder(const MhaWeights& w) : w_(w), cache_(1, w.n_kv_heads * w.
 }
 
 Mat MhaDecoder::step(const Mat& x_new) {
-  const std::size_t n = x_new.shape(0), dh = w_.head_dim, group = w_.group_size();
-  const std::size_t kv_width = w_.n_kv_heads * dh, past = cache_.tokens();
   if (x_new.shape(1) != w_.d_model()) {
     throw std::invalid_argument("MhaDecoder::step: expected (n, " + std::to_string(w_.d_model()) +
                                 ") inputs");
   }
+#if MLA_EXERCISES
+  MLA_EXERCISE("3.2", "MhaDecoder::step()",
+               "project only the n new tokens: q (n, n_h·d_h), k and v (n, n_kv·d_h); "
+               "cache_.append(0, k, v) and cache_.commit(n) (one layer, rows n_kv·d_h wide); then "
+               "for new token i (position past+i) and head h, with g = h / group_size(): "
+               "ch01::attend_one(&q(i, h·d_h), cache_.keys(0) + g·d_h, n_kv·d_h, "
+               "cache_.values(0) + g·d_h, n_kv·d_h, past+i+1, d_h, d_h, scratch, &heads(i, h·d_h)) "
+               "reads head g's columns in place (row stride n_kv·d_h); return linear(heads, W_o)");
+#else
+  const std::size_t n = x_new.shape(0), dh = w_.head_dim, group = w_.group_size();
+  const std::size_t kv_width = w_.n_kv_heads * dh, past = cache_.tokens();
   // Only the new tokens are projected; their keys and values join the cache, (n, n_kv·d_h) each.
   const Mat q = linear(x_new, w_.W_q), k = linear(x_new, w_.W_k), v = linear(x_new, w_.W_v);
   cache_.append(0, k, v);
@@ -98,6 +119,7 @@ Mat MhaDecoder::step(const Mat& x_new) {
     }
   }
   return linear(heads, w_.W_o);
+#endif
 }
 
 }  // namespace mla::ch03

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "01_attention/attention.hpp"
+#include "mla/exercise.hpp"
 
 namespace mla::ch04 {
 
@@ -119,11 +120,28 @@ ch03::MhaWeights equivalent_mha(const LatentWeights& w) {
 }
 
 Mat compress_kv(const Mat& x, const LatentWeights& w) {
-  return linear(x, w.W_dkv);  // (T, d_model) -> (T, d_c)
+#if MLA_EXERCISES
+  (void)x, (void)w;
+  MLA_EXERCISE("4.1", "compress_kv()",
+               "eq. 9, c_KV = W^DKV h for every token: x (T, d_model) times W_dkvᵀ, W_dkv stored "
+               "(d_c, d_model) as (out, in), gives (T, d_c), the only thing the cache keeps "
+               "(mla::linear(x, W) computes x·Wᵀ)");
+#else
+  return linear(x, w.W_dkv);     // (T, d_model) -> (T, d_c)
+#endif
 }
 
 Mat expand_kv(const Mat& c_kv, const LatentWeights& w) {
+#if MLA_EXERCISES
+  (void)c_kv, (void)w;
+  MLA_EXERCISE("4.2", "expand_kv()",
+               "eqs. 10-11, k = W^UK c and v = W^UV c for every head at once: c_kv (T, d_c) times "
+               "W_ukvᵀ, W_ukv stored (heads·(d_k+d_v), d_c), gives (T, heads·(d_k+d_v)); in the "
+               "kv_b_proj layout row t then holds, per head h, k_{t,h} (d_k) followed by v_{t,h} "
+               "(d_v)");
+#else
   return linear(c_kv, w.W_ukv);  // (T, d_c) -> (T, heads·(d_k + d_v))
+#endif
 }
 
 Mat attend_expanded(const Mat& q, const Mat& kv, std::size_t T, const LatentShape& s) {
@@ -201,6 +219,15 @@ Mat LatentDecoder::step(const Mat& x_new) {
 }
 
 Mat LatentDecoder::attend_cached(const Mat& q) {
+#if MLA_EXERCISES
+  (void)q;
+  MLA_EXERCISE("4.3", "LatentDecoder::attend_cached()",
+               "the cache holds only latents, cache_.data() (T, d_c) row-major with "
+               "T = cache_.size(): rebuild the keys and values of ALL T tokens every step, "
+               "kv (T, heads·(d_k+d_v)) = C·W_ukvᵀ (as expand_kv does; the workspace kv_ and one "
+               "cblas_sgemm avoid copies), then return attend_expanded(q, kv, T, w_->shape()), "
+               "(n, heads·d_v)");
+#else
   const LatentWeights& w = *w_;
   const std::size_t T = cache_.size(), width = w.heads * (w.d_k + w.d_v);
   if (kv_.shape(0) < T || kv_.shape(1) != width) {
@@ -212,6 +239,7 @@ Mat LatentDecoder::attend_cached(const Mat& q) {
               static_cast<int>(w.d_c), 1.0f, cache_.data(), static_cast<int>(w.d_c), w.W_ukv.data(),
               static_cast<int>(w.d_c), 0.0f, kv_.data(), static_cast<int>(width));
   return attend_expanded(q, kv_, T, w.shape());  // (n, heads·d_v)
+#endif
 }
 
 }  // namespace mla::ch04

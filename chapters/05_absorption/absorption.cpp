@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "mla/exercise.hpp"
+
 namespace mla::ch05 {
 
 namespace {
@@ -16,7 +18,8 @@ std::string shape_str(const Mat& m) {
   return "(" + std::to_string(m.shape(0)) + ", " + std::to_string(m.shape(1)) + ")";
 }
 
-int i(std::size_t v) {
+// (maybe_unused: in exercise mode every caller is a stub.)
+[[maybe_unused]] int i(std::size_t v) {
   return static_cast<int>(v);
 }
 
@@ -33,6 +36,15 @@ Mat absorb_query(const Mat& q, const Mat& W_uk, std::size_t heads) {
                                 " do not fit " + std::to_string(heads) +
                                 " heads (expected q (n·heads, d_k), W_uk (heads·d_k, d_c))");
   }
+#if MLA_EXERCISES
+  (void)d_c;
+  MLA_EXERCISE(
+      "5.1", "absorb_query()",
+      "q̃_h = W^UK_hᵀ q_h: row r of q (n·heads, d_k) is token r / heads, head h = r % heads; "
+      "head h's block of W_uk is rows h·d_k .. h·d_k+d_k-1, a (d_k, d_c) matrix; so out "
+      "row r (d_c) = q row r (1, d_k) · that block (d_k, d_c). Result (n·heads, d_c), "
+      "which scores against a latent c exactly as q_h scores against k = W^UK_h c");
+#else
   const std::size_t n = q.shape(0) / heads;
   Mat out = xt::empty<float>({n * heads, d_c});
   if (n == 0) return out;
@@ -44,6 +56,7 @@ Mat absorb_query(const Mat& q, const Mat& W_uk, std::size_t heads) {
                 out.data() + h * d_c, i(heads * d_c));
   }
   return out;
+#endif
 }
 
 Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads) {
@@ -53,6 +66,14 @@ Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads) {
                                 shape_str(W_uv) + " do not fit " + std::to_string(heads) +
                                 " heads (expected o_lat (n·heads, d_c), W_uv (heads·d_v, d_c))");
   }
+#if MLA_EXERCISES
+  MLA_EXERCISE("5.2", "expand_output()",
+               "o_h = W^UV_h õ_h: row r of o_lat (n·heads, d_c) belongs to head h = r % heads; "
+               "d_v = W_uv.shape(0) / heads and head h's block of W_uv is rows h·d_v .. "
+               "h·d_v+d_v-1, a (d_v, d_c) matrix; out row r (d_v) = that block · o_lat row r, i.e. "
+               "o_lat row (1, d_c) · blockᵀ. Result (n·heads, d_v): attention's weighted sum of "
+               "the rebuilt values, done once per head instead of once per cached token");
+#else
   const std::size_t n = o_lat.shape(0) / heads, d_v = W_uv.shape(0) / heads;
   Mat out = xt::empty<float>({n * heads, d_v});
   if (n == 0) return out;
@@ -63,6 +84,7 @@ Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads) {
                 out.data() + h * d_v, i(heads * d_v));
   }
   return out;
+#endif
 }
 
 void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const float* cache,
@@ -73,6 +95,16 @@ void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const f
                                 std::to_string(T) + " tokens cached");
   }
   if (S == 0 || heads == 0) return;
+#if MLA_EXERCISES
+  (void)q_lat, (void)cache, (void)d_c, (void)scale, (void)out;
+  MLA_EXERCISE(
+      "5.3", "attend_latent()",
+      "every head attends to the SAME latents, which are both keys and values: query row "
+      "r of q_lat (S·heads rows of d_c) belongs to token s = r / heads at position "
+      "start + s and sees cache rows 0 .. start+s; p = softmax(scale · C q̃_r) over those "
+      "rows, out row r (d_c) = Σ_t p_t c_t. Chapter 1's attend_one(q_lat + r·d_c, cache, "
+      "d_c, cache, d_c, start+s+1, d_c, d_c, scratch (T floats), out + r·d_c, scale) does one row");
+#else
   // Tokens per block, so that a block's scores (block·heads, T) stay within the budget.
   const std::size_t block = std::max<std::size_t>(1, kScoreBudget / (heads * T));
   Mat scores;
@@ -95,6 +127,7 @@ void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const f
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(rows), i(d_c), i(visible), 1.0f,
                 scores.data(), i(visible), cache, i(d_c), 0.0f, out + s0 * heads * d_c, i(d_c));
   }
+#endif
 }
 
 Mat attend_latent(const Mat& q_lat, const ch04::LatentCache& cache, std::size_t start, float scale,
