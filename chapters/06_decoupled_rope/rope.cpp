@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "mla/exercise.hpp"
+
 namespace mla::ch06 {
 
 namespace {
@@ -59,11 +61,18 @@ std::vector<float> yarn_frequencies(std::size_t d_rope, double theta, const Yarn
   std::vector<float> f = rope_frequencies(d_rope, theta);
   const YarnRamp r = yarn_ramp(d_rope, theta, yarn);
   const float factor = static_cast<float>(yarn.factor);
+#if MLA_EXERCISES
+  (void)factor;
+  MLA_EXERCISE("6.2", "yarn_frequencies()",
+               "blend each pair's frequency with ramp r.ramp[i] in [0, 1]: "
+               "f_i <- f_i / factor * ramp_i + f_i * (1 - ramp_i) (ramp 0: keep, 1: divide)");
+#else
   for (std::size_t i = 0; i < f.size(); ++i) {
     // Written as the reference writes it (smooth = 1 - ramp), so float rounding agrees too.
     const float smooth = 1.0f - r.ramp[i];
     f[i] = f[i] / factor * (1.0f - smooth) + f[i] * smooth;
   }
+#endif
   return f;
 }
 
@@ -77,12 +86,19 @@ bool yarn_active(const MlaConfig& cfg) {
 }
 
 float mla_softmax_scale(const MlaConfig& cfg) {
+#if MLA_EXERCISES
+  (void)cfg;
+  MLA_EXERCISE("6.3", "mla_softmax_scale()",
+               "(qk_nope_head_dim + qk_rope_head_dim)^-0.5, times m^2 with "
+               "m = 0.1 * mscale * ln(factor) + 1 when yarn_active(cfg)");
+#else
   double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_head_dim()));
   if (yarn_active(cfg)) {
     const double m = yarn_mscale(cfg.yarn->factor, cfg.yarn->mscale);
     scale *= m * m;
   }
   return static_cast<float>(scale);
+#endif
 }
 
 Rope::Rope(std::vector<float> freqs) : freqs_(std::move(freqs)) {}
@@ -114,6 +130,14 @@ void Rope::rotate(float* x, std::size_t count, std::size_t stride, std::size_t p
   // cos and sin once per position, shared by all `count` vectors (all heads of one token).
   std::vector<float> cs(2 * half);
   angles(pos, cs.data(), cs.data() + half);
+#if MLA_EXERCISES
+  (void)x;
+  (void)stride;
+  MLA_EXERCISE("6.1", "Rope::rotate()",
+               "interleaved pairs: for each of the count vectors y = x + v*stride and each pair i, "
+               "(y[2i], y[2i+1]) <- (y[2i]*cos - y[2i+1]*sin, y[2i]*sin + y[2i+1]*cos), "
+               "cos/sin of pos*freq_i are in cs[i], cs[half+i]");
+#else
   for (std::size_t v = 0; v < count; ++v) {
     float* y = x + v * stride;
     for (std::size_t i = 0; i < half; ++i) {
@@ -124,6 +148,7 @@ void Rope::rotate(float* x, std::size_t count, std::size_t stride, std::size_t p
       y[2 * i + 1] = re * s + im * c;
     }
   }
+#endif
 }
 
 Mat Rope::matrix(std::size_t pos) const {
