@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -55,7 +56,21 @@ Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking) {
                "mla::matmul(a, b) multiplies two matrices");
 #else
   // (n, m) · (m, d_v) -> (n, d_v)
-  return matmul(attention_weights(q, k, masking), v);
+  const Mat P = attention_weights(q, k, masking);
+  if (masking == Masking::none) return matmul(P, v);
+  // Causal: a masked key has weight exactly 0, but 0 · NaN is NaN, so multiplying by the whole of
+  // v would let a NaN in token j reach every earlier token's output. Sum only the keys each query
+  // may see (one gemv per query over its visible prefix): a NaN stays where the math puts it.
+  const std::size_t n = P.shape(0), m = P.shape(1), d_v = v.shape(1);
+  Mat out = xt::zeros<float>({n, d_v});
+  if (d_v == 0) return out;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t visible = m - n + i + 1;  // queries are the last n of the m positions
+    // out(i, :) = v[0:visible]ᵀ · P(i, 0:visible)
+    cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(visible), static_cast<int>(d_v), 1.0f,
+                v.data(), static_cast<int>(d_v), &P(i, 0), 1, 0.0f, &out(i, 0), 1);
+  }
+  return out;
 #endif
 }
 

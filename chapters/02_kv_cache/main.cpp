@@ -2,6 +2,7 @@
 // step grows with the context in each case.
 #include <algorithm>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -29,9 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", d_model, "Width of the model (one head of this size)")
       ->check(mla::kPositive)
       ->capture_default_str();
-  app.add_option("--vocab", vocab, "Vocabulary size")
-      ->check(mla::kPositive)
-      ->capture_default_str();
+  app.add_option("--vocab", vocab, "Vocabulary size")->check(mla::kPositive)->capture_default_str();
   app.add_option("--steps", steps, "Tokens to generate for the equality check")
       ->check(mla::kPositive)
       ->capture_default_str();
@@ -57,12 +56,24 @@ int main(int argc, char** argv) {
       throw mla::InputError("--min-context (" + std::to_string(min_context) +
                             ") is larger than --max-context (" + std::to_string(max_context) + ")");
     }
-    // The recompute path holds a (T, T) score matrix and a few (T, d_model) ones per layer.
-    const double T1 = static_cast<double>(max_context + 1);
-    mla::check_memory(
-        4.0 * (T1 * T1 + 8.0 * T1 * static_cast<double>(d_model)) +
-            4.0 * static_cast<double>(kv_cache_bytes(layers, max_context + 1, d_model, 1)),
-        "--max-context " + std::to_string(max_context));
+    if (vocab > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+      throw mla::InputError("--vocab: at most " + std::to_string(std::numeric_limits<int>::max()) +
+                            " (token ids are int), got " + std::to_string(vocab));
+    }
+    // Refuse before allocating what cannot fit (sums in double: size_t products can wrap).
+    // Weights: embed + unembed (vocab, d_model), 4 (d_model, d_model) per layer. The recompute
+    // path on T tokens holds a (T, T) score matrix and a few (T, d_model) ones per layer; the
+    // cached path 2 · layers · T · d_model numbers.
+    const double L = static_cast<double>(layers), D = static_cast<double>(d_model);
+    const double weights = 2.0 * static_cast<double>(vocab) * D + 4.0 * L * D * D;
+    const auto run_floats = [&](double T) { return T * T + 8.0 * T * D + 2.0 * L * T * D; };
+    const double T_gen = static_cast<double>(prompt_len) + static_cast<double>(steps);
+    const double T_time = static_cast<double>(max_context) + 1.0;
+    mla::check_memory(4.0 * (weights + run_floats(std::max(T_gen, T_time))),
+                      "--layers " + std::to_string(layers) + " --d-model " +
+                          std::to_string(d_model) + " --vocab " + std::to_string(vocab) +
+                          " --max-context " + std::to_string(max_context) + " --prompt " +
+                          std::to_string(prompt_len) + " --steps " + std::to_string(steps));
     mla::Rng rng(seed);
     const ToyDecoder model = random_decoder(layers, d_model, vocab, rng);
     auto random_tokens = [&](std::size_t n) {

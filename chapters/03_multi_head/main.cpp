@@ -1,6 +1,7 @@
 // ch03_multi_head: heads, and what they cost in cache. MHA, GQA and MQA on one toy layer, then
 // the KV cache per token of real models, read from their config.json files.
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
@@ -12,6 +13,7 @@
 #include "01_attention/attention.hpp"
 #include "03_multi_head/cache_calculator.hpp"
 #include "03_multi_head/multi_head.hpp"
+#include "mla/cli.hpp"
 #include "mla/compare.hpp"
 #include "mla/program.hpp"
 #include "mla/table.hpp"
@@ -177,19 +179,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1.0, 64.0))
       ->capture_default_str();
   app.add_option("--d-model", d_model, "Toy layer: model width")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--heads", heads, "Toy layer: query heads")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--groups", groups, "Toy layer: key/value groups for GQA (divides --heads)")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--head-dim", head_dim, "Toy layer: width of a head")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   app.add_option("--tokens", tokens, "Toy layer: tokens decoded")
-      ->check(CLI::PositiveNumber)
+      ->check(mla::kPositive)
       ->capture_default_str();
   mla::add_seed_option(app, seed);
   if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;
@@ -202,6 +204,18 @@ int main(int argc, char** argv) {
     if (tokens > 4096) {
       throw mla::InputError("--tokens: at most 4096 (the toy layer decodes them one by one)");
     }
+    if (!std::filesystem::is_directory(configs)) {
+      throw mla::InputError("--configs: '" + configs + "' is not a folder");
+    }
+    // The toy layer's weights (W_q, W_o and at most n_h key/value heads), its input, the
+    // (T, T) scores of every head and the caches of its decoders, before allocating them.
+    const double D = static_cast<double>(d_model), T = static_cast<double>(tokens),
+                 HD = static_cast<double>(heads) * static_cast<double>(head_dim);
+    mla::check_memory(
+        4.0 * (4.0 * HD * D + 3.0 * T * D + T * T * static_cast<double>(heads) + 6.0 * T * HD),
+        "the toy layer (--d-model " + std::to_string(d_model) + " --heads " +
+            std::to_string(heads) + " --head-dim " + std::to_string(head_dim) + " --tokens " +
+            std::to_string(tokens) + ")");
     const bool ok = toy_layer(d_model, heads, groups, head_dim, tokens, seed);
 
     // Part 2: the calculator.

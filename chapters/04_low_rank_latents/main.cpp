@@ -32,6 +32,10 @@ using namespace mla::ch04;
 // Float32 results of two different (but equal in exact arithmetic) orders of summation.
 constexpr double kAtol = 1e-5, kRtol = 1e-4;
 
+// The checks decode token by token, rebuilding every key and value at each step (O(T²) work):
+// beyond this they would run for minutes.
+constexpr std::size_t kMaxTokens = 4096;
+
 bool report(const char* what, const Mat& a, const Mat& ref) {
   const mla::Comparison c = mla::compare(a, ref);
   const bool ok = mla::allclose(a, ref, kAtol, kRtol);
@@ -105,6 +109,27 @@ int main(int argc, char** argv) {
   if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;
 
   return mla::run_program("ch04_low_rank_latents", [&] {
+    if (!std::isfinite(noise)) {
+      throw mla::InputError("--noise: must be finite, got " + mla::num(noise));
+    }
+    if (tokens > kMaxTokens) {
+      throw mla::InputError("--tokens: at most " + std::to_string(kMaxTokens) +
+                            " (the checks decode them one by one), got " + std::to_string(tokens));
+    }
+    // Refuse sizes that cannot fit before allocating (in double: size_t products can wrap).
+    // Weights of the latent layer and of its MHA twin; the sweep's W_KV, its parts and its
+    // SVD; per token the input, rebuilt keys and values and the latents; the (T, T) scores.
+    const double D = static_cast<double>(d_model),
+                 R = 2.0 * static_cast<double>(heads) * static_cast<double>(head_dim),
+                 C = static_cast<double>(d_c), T = static_cast<double>(tokens);
+    const double weights = 2.0 * R * D + C * D + R * C + 2.0 * R * D;
+    mla::check_memory(4.0 * (weights + 6.0 * R * D + T * (3.0 * D + 4.0 * R + C) +
+                             T * T * static_cast<double>(heads)),
+                      "the layers (--d-model " + std::to_string(d_model) + " --heads " +
+                          std::to_string(heads) + " --head-dim " + std::to_string(head_dim) +
+                          " --latent-dim " + std::to_string(d_c) + " --tokens " +
+                          std::to_string(tokens) + ")");
+
     const std::size_t kv_rows = 2 * heads * head_dim;  // what MHA caches per token
     const std::size_t max_rank = std::min(kv_rows, d_model);
     if (true_rank > max_rank) {
@@ -119,8 +144,6 @@ int main(int argc, char** argv) {
                               std::to_string(max_rank) + " (min(2·heads·head_dim, d_model))");
       }
     }
-    mla::check_memory(4.0 * (3.0 * kv_rows * d_model + 4.0 * tokens * kv_rows), "the layers");
-
     mla::Rng rng(seed);
     const LatentWeights w = random_latent(d_model, heads, head_dim, d_c, rng);
     const Mat x = rng.normal(tokens, d_model);

@@ -161,7 +161,11 @@ int main(int argc, char** argv) {
                            2.0 * heads * head_dim * d_c;
     mla::check_memory(4.0 * (weights + double(max_T) * 2 * heads * head_dim * 2 +
                              double(prefill_context) * max_T + double(max_T) * d_c),
-                      "this benchmark");
+                      "this benchmark (--d-model " + std::to_string(d_model) + " --heads " +
+                          std::to_string(heads) + " --head-dim " + std::to_string(head_dim) +
+                          " --latent-dim " + std::to_string(d_c) + ", --contexts up to " +
+                          std::to_string(max_T) + ", --prefill-context " +
+                          std::to_string(prefill_context) + ")");
 
     mla::Rng rng(seed);
     const LatentWeights w = mla::ch04::random_latent(d_model, heads, head_dim, d_c, rng);

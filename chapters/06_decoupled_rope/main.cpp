@@ -96,11 +96,10 @@ void print_dataflow(const mla::MlaConfig& c, float scale) {
             << " x " << c.v_head_dim << ") -> o_proj -> (" << c.hidden_size << ")\n\n";
 }
 
-void part_layer(const mla::MlaConfig& cfg, const std::string& cfg_name, std::size_t batch,
-                std::size_t prefill, std::size_t decode, mla::Rng& rng) {
-  heading("2. The decoupled layer: naive and absorbed paths");
-  check_mla_config(cfg);
-  // Weights, inputs and the naive cache must fit (the naive cache is the largest).
+// Refuse a layer whose weights, inputs and naive cache (the largest) would not fit, before
+// allocating anything.
+void check_layer_fits(const mla::MlaConfig& cfg, const std::string& cfg_name, std::size_t batch,
+                      std::size_t prefill, std::size_t decode) {
   const double H = static_cast<double>(cfg.num_attention_heads);
   const double weights =
       static_cast<double>(cfg.hidden_size) *
@@ -108,8 +107,18 @@ void part_layer(const mla::MlaConfig& cfg, const std::string& cfg_name, std::siz
       H * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank;
   const double cache =
       static_cast<double>(batch) * (prefill + decode) * H * (cfg.qk_head_dim() + cfg.v_head_dim);
-  mla::check_memory(4.0 * (weights + cache) * 1.5, "the layer of " + cfg_name);
+  // The prefill call's queries, absorbed queries and per-head outputs: (B·S, H, d_qk + d_c + d_v).
+  const double queries = static_cast<double>(batch) * prefill * H *
+                         (cfg.qk_head_dim() + cfg.kv_lora_rank + cfg.v_head_dim);
+  mla::check_memory(4.0 * (weights + cache + queries) * 1.5,
+                    "the layer of " + cfg_name + " with --batch " + std::to_string(batch) +
+                        " --prefill " + std::to_string(prefill) + " --decode " +
+                        std::to_string(decode));
+}
 
+void part_layer(const mla::MlaConfig& cfg, const std::string& cfg_name, std::size_t batch,
+                std::size_t prefill, std::size_t decode, mla::Rng& rng) {
+  heading("2. The decoupled layer: naive and absorbed paths");
   const auto w = std::make_shared<const MlaWeights>(random_mla_weights(cfg, rng));
   const float std_in = 1.0f;
   mla::Tensor3 x_pre = xt::zeros<float>({batch, prefill, cfg.hidden_size});
@@ -274,10 +283,7 @@ int main(int argc, char** argv) {
   if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;
 
   return mla::run_program("ch06_decoupled_rope", [&] {
-    mla::Rng rng(seed);
-    std::cout << "Chapter 6 — Decoupled RoPE\n";
-    part_breaking(rng);
-
+    // The layer's config first, so a bad --config or sizes are refused before any output.
     mla::MlaConfig cfg;
     std::string cfg_name;
     if (config.empty()) {
@@ -291,6 +297,21 @@ int main(int argc, char** argv) {
       cfg = mla::MlaConfig::load(config);
       cfg_name = std::filesystem::path(config).filename().string();
     }
+    check_mla_config(cfg);
+    // RoPE/YaRN are defined up to the config's context; positions beyond it are not the model.
+    if (cfg.max_position_embeddings > 0 && prefill + decode > cfg.max_position_embeddings) {
+      throw mla::InputError("--prefill " + std::to_string(prefill) + " + --decode " +
+                            std::to_string(decode) + " tokens exceed the context of " + cfg_name +
+                            " (max_position_embeddings " +
+                            std::to_string(cfg.max_position_embeddings) + ")");
+    }
+
+    check_layer_fits(cfg, cfg_name, batch, prefill, decode);
+
+    mla::Rng rng(seed);
+    std::cout << "Chapter 6 — Decoupled RoPE\n";
+    part_breaking(rng);
+
     part_layer(cfg, cfg_name, batch, prefill, decode, rng);
 
     const auto configs = real_configs();

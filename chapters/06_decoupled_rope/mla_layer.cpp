@@ -1,6 +1,7 @@
 #include "06_decoupled_rope/mla_layer.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -141,6 +142,34 @@ MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::s
   w.kv_a_layernorm = ckpt.load_vector(name("kv_a_layernorm"), d_c);
   w.kv_b_proj = ckpt.load_matrix(name("kv_b_proj"), H * (cfg.qk_nope_head_dim + d_v), d_c);
   w.o_proj = ckpt.load_matrix(name("o_proj"), D, H * d_v);
+  // Weights must be finite: one NaN or Inf in a weight would silently turn every output it
+  // touches into NaN, so a damaged checkpoint is refused here, naming the first bad value.
+  // (NaN/Inf in the *inputs* is propagated instead: see tests/README.md.)
+  const auto require_finite = [&](const auto& t, const char* n) {
+    const std::size_t cols = t.dimension() == 2 ? t.shape(t.dimension() - 1) : 0;
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      const float v = t.data()[i];
+      if (std::isfinite(v)) continue;
+      const char* kind = std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+      std::string where = " at index " + std::to_string(i);
+      if (cols) {
+        where += " (row " + std::to_string(i / cols) + ", column " + std::to_string(i % cols) + ")";
+      }
+      throw InputError(ckpt.origin() + ": tensor '" + name(n) + "' holds a non-finite value (" +
+                       kind + ")" + where + "; weights must be finite");
+    }
+  };
+  if (cfg.q_lora_rank) {
+    require_finite(w.q_a_proj, "q_a_proj");
+    require_finite(w.q_a_layernorm, "q_a_layernorm");
+    require_finite(w.q_b_proj, "q_b_proj");
+  } else {
+    require_finite(w.q_proj, "q_proj");
+  }
+  require_finite(w.kv_a_proj_with_mqa, "kv_a_proj_with_mqa");
+  require_finite(w.kv_a_layernorm, "kv_a_layernorm");
+  require_finite(w.kv_b_proj, "kv_b_proj");
+  require_finite(w.o_proj, "o_proj");
   return w;
 }
 

@@ -68,7 +68,9 @@ void check_mla_weights(const MlaWeights& w, const MlaConfig& cfg);
 
 /// Load layer `layer`'s attention weights from a checkpoint, any dtype (F32, BF16, F16), and
 /// check their shapes against `cfg` (q_proj when q_lora_rank is null, else q_a_proj, q_a_layernorm,
-/// q_b_proj). InputError naming the tensor, the shape expected and the shape found.
+/// q_b_proj). InputError naming the tensor, the shape expected and the shape found — or, for a
+/// NaN or ±Inf anywhere in a weight, the tensor and the index of the first such value: a weight
+/// that is not a number is a broken checkpoint, never something to compute with.
 MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::size_t layer);
 
 /// Random weights for tests and demonstrations: Linear weights ~ N(0, 1/fan_in), norm weights

@@ -105,6 +105,14 @@ int main(int argc, char** argv) {
     std::size_t failed = 0, rows = 0;
     for (const CaseFiles& files : cases) {
       const GoldenCase c = load_golden_case(files.config, files.weights, layer);
+      // The layer is defined up to the config's context (RoPE/YaRN): refuse test inputs beyond it.
+      const std::size_t tokens = c.prefill_input.shape(1) + c.decode_input.shape(1);
+      if (c.config.max_position_embeddings > 0 && tokens > c.config.max_position_embeddings) {
+        throw mla::InputError(files.weights + ": test.prefill.input + test.decode.input hold " +
+                              std::to_string(tokens) + " tokens, more than the config's " +
+                              "max_position_embeddings " +
+                              std::to_string(c.config.max_position_embeddings));
+      }
       const float scale = mla_softmax_scale(c.config);
       std::cout << c.name << ": layer " << c.layer << ", batch " << c.prefill_input.shape(0)
                 << ", prefill " << c.prefill_input.shape(1) << " + decode "

@@ -33,7 +33,8 @@ int parse_options(CLI::App& app, int argc, char** argv) {
     std::cout << app.help("", CLI::AppFormatMode::All);
     return kExitOk;
   } catch (const CLI::ParseError& e) {
-    std::cerr << std::filesystem::path(app.get_name()).filename().string() << ": error: " << e.what() << "\n"
+    std::cerr << std::filesystem::path(app.get_name()).filename().string()
+              << ": error: " << e.what() << "\n"
               << "Run with --help for the options.\n";
     return kExitBadInput;
   }
@@ -42,7 +43,15 @@ int parse_options(CLI::App& app, int argc, char** argv) {
 
 void add_seed_option(CLI::App& app, std::uint64_t& seed) {
   seed = kDefaultSeed;
-  app.add_option("--seed", seed, "Seed of the random weights and inputs")->capture_default_str();
+  app.add_option("--seed", seed, "Seed of the random weights and inputs")
+      ->capture_default_str()
+      // An unsigned option would silently wrap "-5" to 18446744073709551611: refuse it instead.
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            return s.find('-') == std::string::npos ? std::string()
+                                                    : "must be a non-negative integer, got " + s;
+          },
+          "NON-NEGATIVE"));
 }
 
 int run_program(const char* name, const std::function<int()>& body) {
