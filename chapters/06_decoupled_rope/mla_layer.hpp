@@ -187,6 +187,10 @@ struct MlaPath {
   std::string name;         ///< short, for tables and `--path`: "naive", "absorbed", ...
   std::string description;  ///< one line
   MlaLayerFactory make;
+  /// The smallest absolute tolerance this path can promise; a comparison uses the larger of it and
+  /// the one asked for. 0 for exact-arithmetic paths; a lossy cache (bf16 rounds every cached
+  /// number to 8 significant bits) states its own.
+  double min_tolerance = 0.0;
 };
 
 /// An absorbed path whose attention core comes from `core` (how chapter 7 adds its kernels).

@@ -175,7 +175,8 @@ std::vector<VerifyRow> verify_case(const GoldenCase& c, const std::vector<MlaPat
       r.tokens = tokens;
       r.cmp = compare(got, want);
       r.seconds = seconds;
-      r.pass = r.cmp.finite && r.cmp.max_abs <= tolerance;
+      r.tolerance = std::max(tolerance, path.min_tolerance);
+      r.pass = r.cmp.finite && r.cmp.max_abs <= r.tolerance;
       rows.push_back(r);
     };
     row("prefill", c.prefill_input.shape(1), pre, c.prefill_output, t_pre);

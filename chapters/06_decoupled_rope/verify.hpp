@@ -68,6 +68,7 @@ struct VerifyRow {
   std::size_t tokens = 0;              ///< tokens per sequence in this phase
   Comparison cmp;                      ///< against the case's expected output
   double seconds = 0;                  ///< time of the phase
+  double tolerance = 0;                ///< the tolerance applied: max(asked, path's min_tolerance)
   bool pass = false;                   ///< cmp finite and cmp.max_abs <= tolerance
 };
 
