@@ -1,0 +1,108 @@
+#include "07_optimized_mla/fast_latent_attention.hpp"
+#include "07_optimized_mla/runner.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "07_optimized_mla/latent_cache.hpp"
+
+namespace mla::ch07 {
+
+namespace {
+
+class FastLatentAttention final : public ch06::LatentAttention {
+ public:
+  FastLatentAttention(std::size_t heads, std::size_t d_c, std::size_t d_r, CacheType type,
+                      int threads)
+      : heads_(heads), d_c_(d_c), d_r_(d_r), cache_(d_c, d_r, type) {
+    if (heads == 0) throw std::invalid_argument("FastLatentAttention: heads must be > 0");
+    threads_ =
+        threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  }
+
+  // The layout work happens here, once per token: rows go into the tiled, padded cache.
+  void append(const float* c_kv, const float* k_rope, std::size_t n) override {
+    cache_.append(c_kv, k_rope, n);
+  }
+
+  void attend(const float* q_lat, const float* q_rope, std::size_t S, std::size_t start,
+              float scale, float* out) override {
+    if (start + S > cache_.size()) {
+      throw std::invalid_argument("LatentAttention::attend: queries up to position " +
+                                  std::to_string(start + S) + " but only " +
+                                  std::to_string(cache_.size()) + " tokens cached");
+    }
+    // S queries = a batch of S "sequences" sharing one cache, each seeing its causal prefix.
+    seqs_.resize(S);
+    for (std::size_t i = 0; i < S; ++i) seqs_[i] = {&cache_, start + i + 1};
+    DecodeArgs a;
+    a.batch = S;
+    a.heads = heads_;
+    a.d_c = d_c_;
+    a.d_r = d_r_;
+    a.q_lat = q_lat;
+    a.q_rope = q_rope;
+    a.scale = scale;
+    a.out = out;
+    a.threads = threads_;
+    mla_decode_best(seqs_.data(), a);
+  }
+
+  std::size_t size() const override { return cache_.size(); }
+
+ private:
+  std::size_t heads_, d_c_, d_r_;
+  int threads_ = 1;
+  LatentCache cache_;
+  std::vector<SeqRef> seqs_;
+};
+
+}  // namespace
+
+std::unique_ptr<ch06::LatentAttention> make_fast_latent_attention(std::size_t heads,
+                                                                  std::size_t d_c, std::size_t d_r,
+                                                                  int threads) {
+  return std::make_unique<FastLatentAttention>(heads, d_c, d_r, CacheType::F32, threads);
+}
+
+std::unique_ptr<ch06::LatentAttention> make_bf16_latent_attention(std::size_t heads,
+                                                                  std::size_t d_c, std::size_t d_r,
+                                                                  int threads) {
+  return std::make_unique<FastLatentAttention>(heads, d_c, d_r, CacheType::BF16, threads);
+}
+
+ch06::LatentAttentionFactory fast_latent_attention_factory(int threads) {
+  return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
+    return make_fast_latent_attention(heads, d_c, d_r, threads);
+  };
+}
+
+ch06::LatentAttentionFactory bf16_latent_attention_factory(int threads) {
+  return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
+    return make_bf16_latent_attention(heads, d_c, d_r, threads);
+  };
+}
+
+namespace {
+// The bf16 cache rounds every cached number to 8 significant bits, so this path promises only the
+// bf16 tolerance (kBf16Atol), not the 1e-4 of the exact paths.
+ch06::MlaPath bf16_path(int threads) {
+  ch06::MlaPath p =
+      ch06::absorbed_path("fast_bf16", "absorbed, chapter 7's kernel on a bf16 cache (v6)",
+                          bf16_latent_attention_factory(threads));
+  p.min_tolerance = kBf16Atol;
+  return p;
+}
+}  // namespace
+
+std::vector<ch06::MlaPath> optimized_paths(int threads) {
+  return {ch06::absorbed_path("fast", "absorbed, chapter 7's head-blocked kernel (v5), fp32 cache",
+                              fast_latent_attention_factory(threads)),
+          bf16_path(threads)};
+}
+
+}  // namespace mla::ch07

@@ -1,0 +1,220 @@
+// Multi-head attention decode, the baseline MLA is measured against. One file, two versions:
+//
+// version 1 is the scalar reference: per (sequence, head): scores against K_h, softmax, weighted
+//           sum of V_h.
+// version 2 is what a careful engineer would ship for MHA on a CPU: the head-major cache read as
+//           two sequential streams per head, SIMD dot products and weighted sums, the online
+//           softmax fused into one pass over tiles of 64 tokens, and threads over
+//           (sequence, head, chunk of the cache) combined with a log-sum-exp. Each cached number
+//           is used by exactly one head for two FLOPs, so nothing can be reused from cache:
+//           the step is bound by DRAM read bandwidth, and v2's job is to run at it.
+
+#include "07_optimized_mla/kernels/mha_decode.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "mla/tensor.hpp"
+
+namespace mla::ch07 {
+
+namespace {
+using V = xsimd::batch<float>;
+constexpr std::size_t W = V::size;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr std::size_t kTile = 64;  // tokens per online-softmax step
+
+void check(const MhaCache* caches, const MhaArgs& a) {
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const MhaCache& c = caches[b];
+    if (c.heads() != a.heads || c.d_k() != a.d_k || c.d_v() != a.d_v) {
+      throw std::invalid_argument("mha_decode: cache " + std::to_string(b) +
+                                  " does not match the heads or widths of the queries");
+    }
+  }
+}
+}  // namespace
+
+MhaCache::MhaCache(std::size_t heads, std::size_t d_k, std::size_t d_v)
+    : heads_(heads), d_k_(d_k), d_v_(d_v), k_(heads), v_(heads) {}
+
+void MhaCache::reserve(std::size_t tokens) {
+  for (std::size_t h = 0; h < heads_; ++h) {
+    k_[h].reserve(tokens * d_k_);
+    v_[h].reserve(tokens * d_v_);
+  }
+}
+
+void MhaCache::append(const float* k, const float* v, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t h = 0; h < heads_; ++h) {
+      const float* kh = k + (i * heads_ + h) * d_k_;
+      const float* vh = v + (i * heads_ + h) * d_v_;
+      k_[h].insert(k_[h].end(), kh, kh + d_k_);
+      v_[h].insert(v_[h].end(), vh, vh + d_v_);
+    }
+  }
+  size_ += n;
+}
+
+double MhaCache::bytes_per_step() const {
+  return static_cast<double>(size_) * static_cast<double>(heads_ * (d_k_ + d_v_) * sizeof(float));
+}
+
+float* MhaCache::resize_k(std::size_t h, std::size_t tokens) {
+  k_[h].resize(tokens * d_k_);
+  return k_[h].data();
+}
+
+float* MhaCache::resize_v(std::size_t h, std::size_t tokens) {
+  v_[h].resize(tokens * d_v_);
+  return v_[h].data();
+}
+
+// ============================================================================================
+// version 1: scalar reference
+// ============================================================================================
+
+void mha_decode_v1(const MhaCache* caches, const MhaArgs& a) {
+  check(caches, a);
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const std::size_t T = caches[b].size();
+    std::vector<float> p(T);
+    for (std::size_t h = 0; h < a.heads; ++h) {
+      const float* q = a.q + (b * a.heads + h) * a.d_k;  // (d_k)
+      const float* K = caches[b].k(h);                   // (T, d_k)
+      const float* Vh = caches[b].v(h);                  // (T, d_v)
+      for (std::size_t t = 0; t < T; ++t) {
+        float s = 0.0f;
+        for (std::size_t k = 0; k < a.d_k; ++k) s += q[k] * K[t * a.d_k + k];
+        p[t] = a.scale * s;
+      }
+      mla::softmax(p.data(), T);
+      float* o = a.out + (b * a.heads + h) * a.d_v;
+      std::fill(o, o + a.d_v, 0.0f);
+      for (std::size_t t = 0; t < T; ++t) {
+        for (std::size_t j = 0; j < a.d_v; ++j) o[j] += p[t] * Vh[t * a.d_v + j];
+      }
+    }
+  }
+}
+
+// ============================================================================================
+// version 2: SIMD, fused, threaded
+// ============================================================================================
+
+namespace {
+
+float dot(const float* x, const float* y, std::size_t n) {
+  V acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+  std::size_t k = 0;
+  for (; k + 4 * W <= n; k += 4 * W) {
+    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
+    acc1 = xsimd::fma(V::load_unaligned(x + k + W), V::load_unaligned(y + k + W), acc1);
+    acc2 = xsimd::fma(V::load_unaligned(x + k + 2 * W), V::load_unaligned(y + k + 2 * W), acc2);
+    acc3 = xsimd::fma(V::load_unaligned(x + k + 3 * W), V::load_unaligned(y + k + 3 * W), acc3);
+  }
+  for (; k + W <= n; k += W)
+    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
+  float s = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
+  for (; k < n; ++k) s += x[k] * y[k];
+  return s;
+}
+
+// One (sequence, head, token range): partial softmax m, l and unnormalized output o (d_v).
+void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_begin,
+                std::size_t t_end, std::size_t d_k, std::size_t d_v, float scale, float* o,
+                float& m_out, float& l_out) {
+  alignas(64) float s[kTile];
+  float m = kNegInf, l = 0.0f;
+  std::fill(o, o + d_v, 0.0f);
+  for (std::size_t t0 = t_begin; t0 < t_end; t0 += kTile) {
+    const std::size_t nt = std::min(kTile, t_end - t0);
+    float tmax = kNegInf;
+    for (std::size_t t = 0; t < nt; ++t) {
+      s[t] = scale * dot(q, K + (t0 + t) * d_k, d_k);
+      tmax = std::max(tmax, s[t]);
+    }
+    for (std::size_t t = nt; t < kTile; ++t) s[t] = kNegInf;
+    const float m_new = std::max(m, tmax);
+    const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
+    V vsum(0.0f);
+    for (std::size_t t = 0; t < kTile; t += W) {
+      const V e = xsimd::exp(V::load_aligned(s + t) - V(m_new));
+      e.store_aligned(s + t);
+      vsum += e;
+    }
+    l = l * alpha + xsimd::hadd(vsum);
+    m = m_new;
+    // o = alpha·o + Σ_t p_t·v_t, two tokens per sweep over o.
+    const V va(alpha);
+    std::size_t j = 0;
+    for (; j + W <= d_v; j += W) (V::load_unaligned(o + j) * va).store_unaligned(o + j);
+    for (; j < d_v; ++j) o[j] *= alpha;
+    std::size_t t = 0;
+    for (; t + 2 <= nt; t += 2) {
+      const float* v0 = Vh + (t0 + t) * d_v;
+      const float* v1 = v0 + d_v;
+      const V p0(s[t]), p1(s[t + 1]);
+      for (j = 0; j + W <= d_v; j += W) {
+        V acc = V::load_unaligned(o + j);
+        acc = xsimd::fma(p0, V::load_unaligned(v0 + j), acc);
+        acc = xsimd::fma(p1, V::load_unaligned(v1 + j), acc);
+        acc.store_unaligned(o + j);
+      }
+      for (; j < d_v; ++j) o[j] += s[t] * v0[j] + s[t + 1] * v1[j];
+    }
+    for (; t < nt; ++t) {
+      const float* v0 = Vh + (t0 + t) * d_v;
+      for (j = 0; j < d_v; ++j) o[j] += s[t] * v0[j];
+    }
+  }
+  m_out = m;
+  l_out = l;
+}
+
+}  // namespace
+
+void mha_decode_v2(const MhaCache* caches, const MhaArgs& a) {
+  check(caches, a);
+  const std::size_t B = a.batch, H = a.heads;
+  const int threads = std::max(a.threads, 1);
+  // Chunks per (sequence, head): one unless there are fewer heads than threads to share.
+  const std::size_t pairs = B * H;
+  std::size_t chunks =
+      pairs >= static_cast<std::size_t>(threads) ? 1 : (2 * threads + pairs - 1) / pairs;
+  const std::size_t part = a.d_v + 2;  // o (d_v), m, l
+  std::vector<float> parts(pairs * chunks * part);
+  const long n_items = static_cast<long>(pairs * chunks);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (long i = 0; i < n_items; ++i) {
+    const std::size_t pair = static_cast<std::size_t>(i) / chunks,
+                      c = static_cast<std::size_t>(i) % chunks;
+    const std::size_t b = pair / H, h = pair % H, T = caches[b].size();
+    float* p = parts.data() + static_cast<std::size_t>(i) * part;
+    head_chunk(a.q + (b * H + h) * a.d_k, caches[b].k(h), caches[b].v(h), T * c / chunks,
+               T * (c + 1) / chunks, a.d_k, a.d_v, a.scale, p, p[a.d_v], p[a.d_v + 1]);
+  }
+  // Log-sum-exp combine of the chunks of each (sequence, head).
+  for (std::size_t pair = 0; pair < pairs; ++pair) {
+    float* out = a.out + pair * a.d_v;
+    std::fill(out, out + a.d_v, 0.0f);
+    float M = kNegInf;
+    for (std::size_t c = 0; c < chunks; ++c)
+      M = std::max(M, parts[(pair * chunks + c) * part + a.d_v]);
+    if (M == kNegInf) continue;
+    float L = 0.0f;
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const float* p = parts.data() + (pair * chunks + c) * part;
+      const float w = std::exp(p[a.d_v] - M);
+      L += w * p[a.d_v + 1];
+      for (std::size_t j = 0; j < a.d_v; ++j) out[j] += w * p[j];
+    }
+    for (std::size_t j = 0; j < a.d_v; ++j) out[j] /= L;
+  }
+}
+
+}  // namespace mla::ch07

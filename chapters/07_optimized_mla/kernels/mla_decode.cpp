@@ -1,0 +1,799 @@
+// The absorbed MLA decode step, one layer, in versions of increasing complexity and decreasing
+// running time. Every version is checked against version 1 (tests, ch07_optimized_mla, mla_bench)
+// before it is timed.
+//
+// version 1 is the scalar reference: for each (sequence, head): every score, a softmax, then the
+//           weighted sum of the latents. Three passes over the cache per head, one float at a time.
+// version 2 vectorizes v1's two inner loops with xsimd: dot products with four independent
+//           accumulators (an FMA's latency is hidden by the other three) and a SIMD weighted sum.
+// version 3 fuses the three passes into one (flash-decoding's online softmax): the cache is read
+//           tile by tile from the kernel layout (LatentCache), a tile's scores stay in an L1
+//           buffer, and a running max / running sum rescale the partial output as tiles arrive.
+//           Four tokens share each query load (eight FMA chains in flight).
+// version 4 blocks heads: each tile of the cache is loaded once for a block of up to 64 heads,
+//           and two register-blocked micro-kernels (6 tokens × 16 heads for the scores,
+//           6 latent columns × 16 heads for the weighted sum) turn the work into two small
+//           matrix products that run at the FMA units' speed. One thread.
+// version 5 splits the work over threads: items (sequence, head block, chunk of the cache), each
+//           computing a partial softmax (max, sum, unnormalized output) that a log-sum-exp combine
+//           merges. Below one SIMD vector of heads (8 with AVX2) there is no head block to fill,
+//           so items run v3's per-head tiles instead: that regime is memory-bound anyway.
+// version 6 is v5 on a bf16 cache: half the bytes per cached number, every sum still in float.
+//           It pays where the step is memory-bound (few heads, long contexts). Where the CPU has
+//           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.
+
+#include "07_optimized_mla/kernels/mla_decode.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "07_optimized_mla/kernels/bf16.hpp"
+#include "mla/tensor.hpp"
+
+namespace mla::ch07 {
+
+namespace {
+
+using V = xsimd::batch<float>;
+constexpr std::size_t W = V::size;  // floats per SIMD register: 8 (AVX2) or 16 (AVX-512)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+using AlignedVec = std::vector<float, xsimd::aligned_allocator<float, 64>>;
+
+std::size_t round_up(std::size_t n, std::size_t m) {
+  return (n + m - 1) / m * m;
+}
+
+void check_args(const DecodeArgs& a) {
+  if (a.heads == 0 || a.d_c == 0)
+    throw std::invalid_argument("mla_decode: heads and d_c must be > 0");
+  if (a.batch > 0 && (!a.q_lat || !a.out || (a.d_r > 0 && !a.q_rope))) {
+    throw std::invalid_argument("mla_decode: null query or output");
+  }
+}
+
+void check_seqs(const SeqRef* seqs, const DecodeArgs& a, CacheType type) {
+  check_args(a);
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const LatentCache* c = seqs[b].cache;
+    if (!c || c->d_c() != a.d_c || c->d_r() != a.d_r || c->type() != type ||
+        seqs[b].length > c->size()) {
+      throw std::invalid_argument(
+          "mla_decode: sequence " + std::to_string(b) +
+          " has no cache, a cache of other widths or type, or a length beyond its size");
+    }
+  }
+}
+
+// ============================================================================================
+// version 1: the scalar reference
+// ============================================================================================
+
+}  // namespace
+
+void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a) {
+  check_args(a);
+  const std::size_t H = a.heads, d_c = a.d_c, d_r = a.d_r, D = d_c + d_r;
+  std::vector<float> p(T);  // scores, then probabilities, of one (sequence, head)
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const float* C = cache + b * T * D;  // (T, D) this sequence's rows [c_kv | k_rope]
+    for (std::size_t h = 0; h < H; ++h) {
+      const float* ql = a.q_lat + (b * H + h) * d_c;   // (d_c)
+      const float* qr = a.q_rope + (b * H + h) * d_r;  // (d_r)
+      for (std::size_t t = 0; t < T; ++t) {
+        const float* row = C + t * D;
+        float s = 0.0f;
+        for (std::size_t k = 0; k < d_c; ++k) s += ql[k] * row[k];        // content
+        for (std::size_t k = 0; k < d_r; ++k) s += qr[k] * row[d_c + k];  // position
+        p[t] = a.scale * s;
+      }
+      mla::softmax(p.data(), T);
+      float* o = a.out + (b * H + h) * d_c;  // (d_c) = Σ_t p_t · c_t
+      std::fill(o, o + d_c, 0.0f);
+      for (std::size_t t = 0; t < T; ++t) {
+        const float* row = C + t * D;
+        for (std::size_t j = 0; j < d_c; ++j) o[j] += p[t] * row[j];
+      }
+    }
+  }
+}
+
+// ============================================================================================
+// version 2: SIMD dot products and weighted sums
+// ============================================================================================
+
+namespace {
+
+// x · y over n floats (any alignment): four accumulators, so four FMAs are in flight at once;
+// with one accumulator every FMA waits for the previous one (4 cycles of latency each).
+float dot_simd(const float* x, const float* y, std::size_t n) {
+  V acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+  std::size_t k = 0;
+  for (; k + 4 * W <= n; k += 4 * W) {
+    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
+    acc1 = xsimd::fma(V::load_unaligned(x + k + W), V::load_unaligned(y + k + W), acc1);
+    acc2 = xsimd::fma(V::load_unaligned(x + k + 2 * W), V::load_unaligned(y + k + 2 * W), acc2);
+    acc3 = xsimd::fma(V::load_unaligned(x + k + 3 * W), V::load_unaligned(y + k + 3 * W), acc3);
+  }
+  for (; k + W <= n; k += W)
+    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
+  float s = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
+  for (; k < n; ++k) s += x[k] * y[k];  // scalar tail
+  return s;
+}
+
+// y += alpha · x over n floats.
+void axpy_simd(float alpha, const float* x, float* y, std::size_t n) {
+  const V va(alpha);
+  std::size_t j = 0;
+  for (; j + W <= n; j += W) {
+    xsimd::fma(va, V::load_unaligned(x + j), V::load_unaligned(y + j)).store_unaligned(y + j);
+  }
+  for (; j < n; ++j) y[j] += alpha * x[j];
+}
+
+}  // namespace
+
+void mla_decode_v2(const float* cache, std::size_t T, const DecodeArgs& a) {
+  check_args(a);
+  const std::size_t H = a.heads, d_c = a.d_c, d_r = a.d_r, D = d_c + d_r;
+  std::vector<float> p(T);
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const float* C = cache + b * T * D;
+    for (std::size_t h = 0; h < H; ++h) {
+      const float* ql = a.q_lat + (b * H + h) * d_c;
+      const float* qr = a.q_rope + (b * H + h) * d_r;
+      for (std::size_t t = 0; t < T; ++t) {
+        const float* row = C + t * D;
+        p[t] = a.scale * (dot_simd(ql, row, d_c) + dot_simd(qr, row + d_c, d_r));
+      }
+      mla::softmax(p.data(), T);
+      float* o = a.out + (b * H + h) * d_c;
+      std::fill(o, o + d_c, 0.0f);
+      for (std::size_t t = 0; t < T; ++t) axpy_simd(p[t], C + t * D, o, d_c);
+    }
+  }
+}
+
+// ============================================================================================
+// version 3: one pass per head over the tiled cache, online softmax
+// ============================================================================================
+
+namespace {
+
+// What a cache number widens to, as a batch and as a scalar, for float and bf16 tiles.
+inline V load_row(const float* p) {
+  return V::load_aligned(p);
+}
+inline V load_row(const std::uint16_t* p) {
+  return load_bf16(p);
+}
+
+// The running softmax of one head: max m, sum l of exp(s - m), and acc = Σ exp(s_t - m)·c_t.
+struct HeadState {
+  float m = kNegInf;
+  float l = 0.0f;
+  float* acc = nullptr;  // (lat_stride)
+};
+
+// Pack one head's query like a cache row: q (stride) = scale · [q_lat | 0 | q_rope | 0], so a
+// score is one dot product over the whole padded row and the scale is paid once, not per token.
+void pack_query_row(const float* q_lat, const float* q_rope, const DecodeArgs& a,
+                    std::size_t lat_stride, std::size_t stride, float* q) {
+  std::fill(q, q + stride, 0.0f);
+  for (std::size_t k = 0; k < a.d_c; ++k) q[k] = a.scale * q_lat[k];
+  for (std::size_t k = 0; k < a.d_r; ++k) q[lat_stride + k] = a.scale * q_rope[k];
+}
+
+// Scores of one head against one tile: s[t] = q · row t, t < nt; returns their maximum.
+// tile: (nt, stride) of Elem; q: (stride), 64-byte aligned; s: (kTileTokens).
+template <class Elem>
+float tile_scores(const Elem* tile, std::size_t nt, std::size_t stride, const float* q, float* s) {
+  // Scores: four tokens at a time, two accumulators each. Eight independent FMA chains keep
+  // both FMA units busy (one chain per token would wait 4 cycles per FMA), and each query
+  // vector is loaded once for four rows. Rows and q are padded to whole vectors: no tails.
+  float tile_max = kNegInf;
+  std::size_t t = 0;
+  for (; t + 4 <= nt; t += 4) {
+    const Elem* r0 = tile + t * stride;
+    const Elem *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    V a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f), b0(0.0f), b1(0.0f), b2(0.0f), b3(0.0f);
+    std::size_t k = 0;
+    for (; k + 2 * W <= stride; k += 2 * W) {
+      const V qa = V::load_aligned(q + k), qb = V::load_aligned(q + k + W);
+      a0 = xsimd::fma(qa, load_row(r0 + k), a0);
+      a1 = xsimd::fma(qa, load_row(r1 + k), a1);
+      a2 = xsimd::fma(qa, load_row(r2 + k), a2);
+      a3 = xsimd::fma(qa, load_row(r3 + k), a3);
+      b0 = xsimd::fma(qb, load_row(r0 + k + W), b0);
+      b1 = xsimd::fma(qb, load_row(r1 + k + W), b1);
+      b2 = xsimd::fma(qb, load_row(r2 + k + W), b2);
+      b3 = xsimd::fma(qb, load_row(r3 + k + W), b3);
+    }
+    for (; k < stride; k += W) {  // stride is a multiple of 16: at most one vector left (AVX-512)
+      const V qa = V::load_aligned(q + k);
+      a0 = xsimd::fma(qa, load_row(r0 + k), a0);
+      a1 = xsimd::fma(qa, load_row(r1 + k), a1);
+      a2 = xsimd::fma(qa, load_row(r2 + k), a2);
+      a3 = xsimd::fma(qa, load_row(r3 + k), a3);
+    }
+    s[t] = xsimd::hadd(a0 + b0);
+    s[t + 1] = xsimd::hadd(a1 + b1);
+    s[t + 2] = xsimd::hadd(a2 + b2);
+    s[t + 3] = xsimd::hadd(a3 + b3);
+    tile_max = std::max(tile_max, std::max(std::max(s[t], s[t + 1]), std::max(s[t + 2], s[t + 3])));
+  }
+  for (; t < nt; ++t) {
+    const Elem* row = tile + t * stride;
+    V a0(0.0f), a1(0.0f);
+    std::size_t k = 0;
+    for (; k + 2 * W <= stride; k += 2 * W) {
+      a0 = xsimd::fma(V::load_aligned(q + k), load_row(row + k), a0);
+      a1 = xsimd::fma(V::load_aligned(q + k + W), load_row(row + k + W), a1);
+    }
+    for (; k < stride; k += W) a0 = xsimd::fma(V::load_aligned(q + k), load_row(row + k), a0);
+    s[t] = xsimd::hadd(a0 + a1);
+    tile_max = std::max(tile_max, s[t]);
+  }
+  return tile_max;
+}
+
+// The online-softmax update of one head with one tile's scores s (nt) and their maximum:
+// p = exp(s - m_new), l = alpha·l + Σp, acc = alpha·acc + Σ_t p_t·c_t, alpha = exp(m_old - m_new).
+template <class Elem>
+void tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size_t lat_stride,
+                 float* s, float tile_max, HeadState& st) {
+  constexpr std::size_t kTile = LatentCache::kTileTokens;
+  for (std::size_t t = nt; t < kTile; ++t) s[t] = kNegInf;  // exp(-inf) = 0: no tail loop below
+
+  // Online softmax: a new maximum rescales everything accumulated so far by exp(m_old - m_new).
+  const float m_new = std::max(st.m, tile_max);
+  const float alpha = st.m == kNegInf ? 0.0f : std::exp(st.m - m_new);
+  const V vm(m_new);
+  V vsum(0.0f);
+  for (std::size_t t = 0; t < kTile; t += W) {
+    const V e = xsimd::exp(V::load_aligned(s + t) - vm);
+    e.store_aligned(s + t);
+    vsum += e;
+  }
+  st.l = st.l * alpha + xsimd::hadd(vsum);
+  st.m = m_new;
+
+  // acc = alpha·acc + Σ_t p_t·c_t, four tokens per sweep over acc (one load/store of acc per
+  // four rows instead of per row).
+  const V va(alpha);
+  std::size_t t = 0;
+  for (; t + 4 <= nt; t += 4) {
+    const Elem* r0 = tile + t * stride;
+    const Elem *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    const V p0(s[t]), p1(s[t + 1]), p2(s[t + 2]), p3(s[t + 3]);
+    for (std::size_t j = 0; j < lat_stride; j += W) {
+      V o = V::load_aligned(st.acc + j);
+      if (t == 0) o *= va;
+      o = xsimd::fma(p0, load_row(r0 + j), o);
+      o = xsimd::fma(p1, load_row(r1 + j), o);
+      o = xsimd::fma(p2, load_row(r2 + j), o);
+      o = xsimd::fma(p3, load_row(r3 + j), o);
+      o.store_aligned(st.acc + j);
+    }
+  }
+  if (nt < 4) {  // the rescale above did not run
+    for (std::size_t j = 0; j < lat_stride; j += W)
+      (V::load_aligned(st.acc + j) * va).store_aligned(st.acc + j);
+  }
+  for (; t < nt; ++t) {
+    const Elem* r = tile + t * stride;
+    const V p(s[t]);
+    for (std::size_t j = 0; j < lat_stride; j += W) {
+      xsimd::fma(p, load_row(r + j), V::load_aligned(st.acc + j)).store_aligned(st.acc + j);
+    }
+  }
+}
+
+// One tile for one head: scores, then the online-softmax update of `st`.
+template <class Elem>
+void head_tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size_t lat_stride,
+                      const float* q, float* s, HeadState& st) {
+  const float tile_max = tile_scores(tile, nt, stride, q, s);
+  tile_update(tile, nt, stride, lat_stride, s, tile_max, st);
+}
+
+// AVX512_BF16: vdpbf16ps multiplies 32 pairs of bf16 numbers and adds them into 16 floats in
+// one instruction, twice the products of an fp32 FMA. Compiled through a target attribute (so
+// this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
+// The query is rounded to bf16 too (q16), which adds a rounding of the same size as the cache's.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define MLA_CH07_HAVE_DPBF16 1
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) float tile_scores_dpbf16(
+    const std::uint16_t* tile, std::size_t nt, std::size_t stride, const std::uint16_t* q16,
+    float* s) {
+  float tile_max = kNegInf;
+  alignas(64) float lanes[16];
+  for (std::size_t t = 0; t < nt; ++t) {
+    const std::uint16_t* row = tile + t * stride;
+    __m512 acc = _mm512_setzero_ps();
+    std::size_t k = 0;
+    for (; k + 32 <= stride; k += 32) {
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k),
+                             (__m512bh)_mm512_loadu_si512(q16 + k));
+    }
+    if (k < stride) {  // stride is a multiple of 16: one half-register left
+      const __mmask32 m = 0xFFFFu;
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, row + k),
+                             (__m512bh)_mm512_maskz_loadu_epi16(m, q16 + k));
+    }
+    _mm512_store_ps(lanes, acc);
+    float sum = 0.0f;
+    for (float x : lanes) sum += x;
+    s[t] = sum;
+    tile_max = std::max(tile_max, sum);
+  }
+  return tile_max;
+}
+#endif
+
+bool cpu_has_dpbf16() {
+#ifdef MLA_CH07_HAVE_DPBF16
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+template <class Elem>
+const Elem* tile_ptr(const LatentCache& c, std::size_t i);
+template <>
+const float* tile_ptr<float>(const LatentCache& c, std::size_t i) {
+  return c.tile_f32(i);
+}
+template <>
+const std::uint16_t* tile_ptr<std::uint16_t>(const LatentCache& c, std::size_t i) {
+  return c.tile_bf16(i);
+}
+
+// Write out = acc / l (a head with no token gets zeros).
+void finish_head(const HeadState& st, std::size_t d_c, float* out) {
+  const float inv = st.l > 0.0f ? 1.0f / st.l : 0.0f;
+  for (std::size_t j = 0; j < d_c; ++j) out[j] = st.acc[j] * inv;
+}
+
+}  // namespace
+
+void mla_decode_v3(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::F32);
+  if (a.batch == 0) return;
+  const LatentCache& c0 = *seqs[0].cache;
+  const std::size_t lat = c0.lat_stride(), stride = c0.stride(), H = a.heads;
+  AlignedVec q(stride), s(LatentCache::kTileTokens), acc(lat);
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    const LatentCache& cache = *seqs[b].cache;
+    const std::size_t len = seqs[b].length;
+    for (std::size_t h = 0; h < H; ++h) {
+      pack_query_row(a.q_lat + (b * H + h) * a.d_c, a.q_rope + (b * H + h) * a.d_r, a, lat, stride,
+                     q.data());
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      HeadState st;
+      st.acc = acc.data();
+      for (std::size_t i = 0; i * LatentCache::kTileTokens < len; ++i) {
+        const std::size_t nt =
+            std::min(LatentCache::kTileTokens, len - i * LatentCache::kTileTokens);
+        head_tile_update(cache.tile_f32(i), nt, stride, lat, q.data(), s.data(), st);
+      }
+      finish_head(st, a.d_c, a.out + (b * H + h) * a.d_c);
+    }
+  }
+}
+
+// ============================================================================================
+// version 4: head blocking with register-blocked micro-kernels
+// ============================================================================================
+
+namespace {
+
+// Heads sit in SIMD lanes: a micro-kernel covers 2 vectors of heads (16 with AVX2).
+constexpr std::size_t kHeadGroup = 2 * W;
+// Heads per block: 64 keeps the packed queries (576 × 64 floats = 144 KiB), the output
+// accumulators (512 × 64 = 128 KiB) and a tile (144 KiB) together in a 512 KiB L2 cache.
+constexpr std::size_t kMaxHeadBlock = 64;
+constexpr std::size_t kTokGroup = 6;  // tokens per scores micro-kernel
+constexpr std::size_t kColGroup = 6;  // latent columns per weighted-sum micro-kernel
+
+// Scores of NT tokens for 2W heads, the hot spot of the step (with pv_micro below).
+//   qp: (K, ldq) packed queries, heads in lanes (this group's 2W heads at qp[k·ldq .. +2W))
+//   c:  NT cache rows of ldc floats;  s: (NT, lds) scores out, heads in lanes.
+// 2·NT accumulators + 2 query vectors + 1 broadcast = 15 of AVX2's 16 registers at NT = 6;
+// per k: 2 loads, 6 broadcasts, 12 FMAs — the FMA units, not the loads, set the pace.
+template <int NT>
+inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::size_t ldc,
+                         std::size_t K, float* s, std::size_t lds) {
+  V acc0[NT], acc1[NT];
+  for (int i = 0; i < NT; ++i) acc0[i] = acc1[i] = V(0.0f);
+  for (std::size_t k = 0; k < K; ++k) {
+    const V q0 = V::load_aligned(qp + k * ldq);
+    const V q1 = V::load_aligned(qp + k * ldq + W);
+    for (int i = 0; i < NT; ++i) {
+      const V ci(c[i * ldc + k]);
+      acc0[i] = xsimd::fma(ci, q0, acc0[i]);
+      acc1[i] = xsimd::fma(ci, q1, acc1[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) {
+    acc0[i].store_aligned(s + i * lds);
+    acc1[i].store_aligned(s + i * lds + W);
+  }
+}
+
+// Weighted sum of nt tokens into NJ latent columns for 2W heads, with the online-softmax rescale
+// folded into the load of the accumulators.
+//   ot: (NJ, ldo) output accumulators, transposed (column j, heads in lanes)
+//   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc floats (this column group)
+//   alpha: (2W) rescale factors of these heads
+template <int NJ>
+inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const float* c,
+                     std::size_t ldc, std::size_t nt, const float* alpha) {
+  const V a0 = V::load_aligned(alpha), a1 = V::load_aligned(alpha + W);
+  V acc0[NJ], acc1[NJ];
+  for (int i = 0; i < NJ; ++i) {
+    acc0[i] = V::load_aligned(ot + i * ldo) * a0;
+    acc1[i] = V::load_aligned(ot + i * ldo + W) * a1;
+  }
+  for (std::size_t t = 0; t < nt; ++t) {
+    const V p0 = V::load_aligned(p + t * ldp);
+    const V p1 = V::load_aligned(p + t * ldp + W);
+    for (int i = 0; i < NJ; ++i) {
+      const V ci(c[t * ldc + i]);
+      acc0[i] = xsimd::fma(ci, p0, acc0[i]);
+      acc1[i] = xsimd::fma(ci, p1, acc1[i]);
+    }
+  }
+  for (int i = 0; i < NJ; ++i) {
+    acc0[i].store_aligned(ot + i * ldo);
+    acc1[i].store_aligned(ot + i * ldo + W);
+  }
+}
+
+template <int N>
+void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const float* c,
+                     std::size_t ldc, std::size_t K, float* s, std::size_t lds) {
+  if constexpr (N > 0) {
+    if (n == N) return scores_micro<N>(qp, ldq, c, ldc, K, s, lds);
+    scores_dispatch<N - 1>(n, qp, ldq, c, ldc, K, s, lds);
+  }
+}
+
+template <int N>
+void pv_dispatch(std::size_t n, float* ot, std::size_t ldo, const float* p, std::size_t ldp,
+                 const float* c, std::size_t ldc, std::size_t nt, const float* alpha) {
+  if constexpr (N > 0) {
+    if (n == N) return pv_micro<N>(ot, ldo, p, ldp, c, ldc, nt, alpha);
+    pv_dispatch<N - 1>(n, ot, ldo, p, ldp, c, ldc, nt, alpha);
+  }
+}
+
+// Per-thread scratch, reused across calls (no allocation per decode step once warm).
+struct Workspace {
+  AlignedVec qp;           // (stride, Hb) packed queries, heads in lanes
+  AlignedVec s;            // (kTileTokens, Hb) scores, then probabilities
+  AlignedVec ot;           // (lat_stride, Hb) output accumulators, transposed
+  AlignedVec m, l, alpha;  // (Hb) running max, running sum, this tile's rescale
+  AlignedVec ftile;        // (kTileTokens, stride) a bf16 tile widened to float
+  AlignedVec acc;          // per-head path: (heads, lat_stride)
+  AlignedVec q;            // per-head path: (heads, stride)
+};
+
+Workspace& workspace() {
+  static thread_local Workspace ws;
+  return ws;
+}
+
+void grow(AlignedVec& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+// A piece of work: heads [h0, h0 + nh) of sequence b (padded to hb lanes) against the cache
+// tiles [tile_begin, tile_end). Its result is a partial softmax: per head the max m, the sum l,
+// and the unnormalized output o (lat_stride), written to `part`.
+struct Item {
+  std::size_t b, h0, nh, hb, tile_begin, tile_end;
+  float* part;  // (hb, lat_stride) o, then (hb) m, then (hb) l
+};
+
+// Buffers of a head block are group-major: group g (kHeadGroup = 2W heads in lanes) owns one
+// contiguous (rows, kHeadGroup) panel, so every micro-kernel streams contiguous memory with a
+// compile-time stride, which the hardware prefetcher follows best.
+//
+// Pack the queries of heads [h0, h0+nh) of sequence b: qp (hb / kHeadGroup, stride, kHeadGroup),
+// scaled, zero in padded columns and padded heads (their scores are 0: finite, and discarded).
+void pack_queries(const DecodeArgs& a, std::size_t b, std::size_t h0, std::size_t nh,
+                  std::size_t hb, std::size_t lat_stride, std::size_t stride, float* qp) {
+  std::fill(qp, qp + stride * hb, 0.0f);
+  for (std::size_t hh = 0; hh < nh; ++hh) {
+    const float* ql = a.q_lat + (b * a.heads + h0 + hh) * a.d_c;
+    const float* qr = a.q_rope + (b * a.heads + h0 + hh) * a.d_r;
+    float* panel = qp + (hh / kHeadGroup) * stride * kHeadGroup + hh % kHeadGroup;
+    for (std::size_t k = 0; k < a.d_c; ++k) panel[k * kHeadGroup] = a.scale * ql[k];
+    for (std::size_t k = 0; k < a.d_r; ++k) panel[(lat_stride + k) * kHeadGroup] = a.scale * qr[k];
+  }
+}
+
+// One head block against a range of tiles (v4's work, and each of v5's items).
+template <class Elem>
+void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                    const Item& it) {
+  constexpr std::size_t kTile = LatentCache::kTileTokens, G = kHeadGroup;
+  const std::size_t lat = cache.lat_stride(), stride = cache.stride(), hb = it.hb;
+  const std::size_t groups = hb / G;
+  Workspace& ws = workspace();
+  grow(ws.qp, stride * hb);
+  grow(ws.s, kTile * hb);
+  grow(ws.ot, lat * hb);
+  grow(ws.m, hb);
+  grow(ws.l, hb);
+  grow(ws.alpha, hb);
+  pack_queries(a, it.b, it.h0, it.nh, hb, lat, stride, ws.qp.data());
+  std::fill(ws.ot.begin(), ws.ot.begin() + lat * hb, 0.0f);
+  std::fill(ws.m.begin(), ws.m.begin() + hb, kNegInf);
+  std::fill(ws.l.begin(), ws.l.begin() + hb, 0.0f);
+  // qp: (groups, stride, G), S: (groups, kTile, G), Ot: (groups, lat, G); m, l, alpha: (hb).
+  float *S = ws.s.data(), *Ot = ws.ot.data(), *M = ws.m.data(), *L = ws.l.data();
+  float* alpha = ws.alpha.data();
+  const float* qp = ws.qp.data();
+
+  for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
+    const std::size_t nt = std::min(kTile, length - i * kTile);
+    const float* tile;
+    if constexpr (std::is_same_v<Elem, float>) {
+      tile = cache.tile_f32(i);
+    } else {  // widen the bf16 tile once; both products below then read floats
+      grow(ws.ftile, kTile * stride);
+      const std::uint16_t* src = cache.tile_bf16(i);
+      for (std::size_t e = 0; e < nt * stride; e += W)
+        load_bf16(src + e).store_aligned(ws.ftile.data() + e);
+      tile = ws.ftile.data();
+    }
+
+    // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): 6 tokens × G heads at a time;
+    //    the 6 rows stay in L1 while the head groups stream their packed queries.
+    for (std::size_t t0 = 0; t0 < nt; t0 += kTokGroup) {
+      const std::size_t n = std::min(kTokGroup, nt - t0);
+      for (std::size_t g = 0; g < groups; ++g) {
+        scores_dispatch<kTokGroup>(n, qp + g * stride * G, G, tile + t0 * stride, stride, stride,
+                                   S + (g * kTile + t0) * G, G);
+      }
+    }
+
+    // 2. online softmax per head, heads in lanes: every step is a whole-vector operation.
+    for (std::size_t h = 0; h < hb; h += W) {
+      float* Sh = S + (h / G) * kTile * G + h % G;  // this vector of heads, token t at Sh[t·G]
+      V mt(kNegInf);
+      for (std::size_t t = 0; t < nt; ++t) mt = xsimd::max(mt, V::load_aligned(Sh + t * G));
+      const V m_old = V::load_aligned(M + h);
+      const V m_new = xsimd::max(m_old, mt);
+      const V al = xsimd::select(m_old == V(kNegInf), V(0.0f), xsimd::exp(m_old - m_new));
+      V sum(0.0f);
+      for (std::size_t t = 0; t < nt; ++t) {
+        const V e = xsimd::exp(V::load_aligned(Sh + t * G) - m_new);
+        e.store_aligned(Sh + t * G);
+        sum += e;
+      }
+      (V::load_aligned(L + h) * al + sum).store_aligned(L + h);
+      m_new.store_aligned(M + h);
+      al.store_aligned(alpha + h);
+    }
+
+    // 3. Ot (lat, hb) = alpha · Ot + tileᵀ[:lat] (lat, nt) · P (nt, hb): 6 columns × G heads.
+    for (std::size_t j0 = 0; j0 < lat; j0 += kColGroup) {
+      const std::size_t n = std::min(kColGroup, lat - j0);
+      for (std::size_t g = 0; g < groups; ++g) {
+        pv_dispatch<kColGroup>(n, Ot + (g * lat + j0) * G, G, S + g * kTile * G, G, tile + j0,
+                               stride, nt, alpha + g * G);
+      }
+    }
+  }
+
+  // The partial result, heads back in rows: o (hb, lat), m (hb), l (hb).
+  float* po = it.part;
+  for (std::size_t hh = 0; hh < hb; ++hh) {
+    const float* panel = Ot + (hh / G) * lat * G + hh % G;
+    for (std::size_t j = 0; j < lat; ++j) po[hh * lat + j] = panel[j * G];
+  }
+  std::copy(M, M + hb, po + hb * lat);
+  std::copy(L, L + hb, po + hb * lat + hb);
+}
+
+// The per-head path for few heads (below one SIMD vector of heads): tiles outer, heads inner,
+// so each tile comes from memory once and from L1/L2 for the other heads.
+template <class Elem>
+void run_heads_per_tile(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                        const Item& it) {
+  constexpr std::size_t kTile = LatentCache::kTileTokens;
+  const std::size_t lat = cache.lat_stride(), stride = cache.stride(), nh = it.nh;
+  Workspace& ws = workspace();
+  grow(ws.q, nh * stride);
+  grow(ws.acc, nh * lat);
+  grow(ws.s, kTile);
+  std::vector<HeadState> st(nh);
+  for (std::size_t hh = 0; hh < nh; ++hh) {
+    const std::size_t h = it.h0 + hh;
+    pack_query_row(a.q_lat + (it.b * a.heads + h) * a.d_c, a.q_rope + (it.b * a.heads + h) * a.d_r,
+                   a, lat, stride, ws.q.data() + hh * stride);
+    st[hh].acc = ws.acc.data() + hh * lat;
+    std::fill(st[hh].acc, st[hh].acc + lat, 0.0f);
+  }
+  // A bf16 cache on a CPU with AVX512_BF16: scores with vdpbf16ps on a bf16 copy of the query.
+  bool dpbf16 = false;
+  std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>> q16;
+  if constexpr (std::is_same_v<Elem, std::uint16_t>) {
+    dpbf16 = cpu_has_dpbf16();
+    if (dpbf16) {
+      q16.resize(nh * stride);
+      for (std::size_t e = 0; e < nh * stride; ++e) q16[e] = to_bf16(ws.q[e]);
+    }
+  }
+  for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
+    const std::size_t nt = std::min(kTile, length - i * kTile);
+    const Elem* tile = tile_ptr<Elem>(cache, i);
+    for (std::size_t hh = 0; hh < nh; ++hh) {
+#ifdef MLA_CH07_HAVE_DPBF16
+      if constexpr (std::is_same_v<Elem, std::uint16_t>) {
+        if (dpbf16) {
+          const float mx =
+              tile_scores_dpbf16(tile, nt, stride, q16.data() + hh * stride, ws.s.data());
+          tile_update(tile, nt, stride, lat, ws.s.data(), mx, st[hh]);
+          continue;
+        }
+      }
+#endif
+      head_tile_update(tile, nt, stride, lat, ws.q.data() + hh * stride, ws.s.data(), st[hh]);
+    }
+  }
+  float* po = it.part;
+  for (std::size_t hh = 0; hh < nh; ++hh) {
+    std::copy(st[hh].acc, st[hh].acc + lat, po + hh * lat);
+    po[it.hb * lat + hh] = st[hh].m;
+    po[it.hb * lat + it.hb + hh] = st[hh].l;
+  }
+}
+
+// Merge the partial softmaxes of the chunks of each (sequence, head):
+//   M = max_c m_c,  out = Σ_c e^(m_c − M)·o_c / Σ_c e^(m_c − M)·l_c
+// (the log-sum-exp trick: every chunk's numbers were computed relative to its own max).
+void combine(const std::vector<Item>& items, const std::vector<std::size_t>& first_item,
+             std::size_t lat, const DecodeArgs& a, int threads) {
+  const std::size_t B = a.batch, H = a.heads, d_c = a.d_c;
+  // first_item[g] .. first_item[g+1]: the chunks of head group g (sequence b, heads h0..).
+  const std::size_t groups = first_item.size() - 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::size_t g = 0; g < groups; ++g) {
+    const std::size_t i0 = first_item[g], i1 = first_item[g + 1];
+    if (i0 == i1) continue;
+    const Item& head = items[i0];
+    for (std::size_t hh = 0; hh < head.nh; ++hh) {
+      float* out = a.out + (head.b * H + head.h0 + hh) * d_c;
+      float M = kNegInf;
+      for (std::size_t i = i0; i < i1; ++i) M = std::max(M, items[i].part[head.hb * lat + hh]);
+      std::fill(out, out + d_c, 0.0f);
+      if (M == kNegInf) continue;  // no token at all: zeros
+      float Lsum = 0.0f;
+      for (std::size_t i = i0; i < i1; ++i) {
+        const float* p = items[i].part;
+        const float w = std::exp(p[head.hb * lat + hh] - M);
+        Lsum += w * p[head.hb * lat + head.hb + hh];
+        for (std::size_t j = 0; j < d_c; ++j) out[j] += w * p[hh * lat + j];
+      }
+      const float inv = 1.0f / Lsum;
+      for (std::size_t j = 0; j < d_c; ++j) out[j] *= inv;
+    }
+  }
+  (void)B;
+}
+
+// The shared driver of v4, v5 and v6: cut the step into items, run them on `threads` threads,
+// combine. `split` allows more than one chunk per (sequence, head block).
+template <class Elem>
+void decode_tiled(const SeqRef* seqs, const DecodeArgs& a, int threads, bool split,
+                  bool per_head_for_few) {
+  constexpr std::size_t kTile = LatentCache::kTileTokens;
+  const std::size_t B = a.batch, H = a.heads;
+  if (B == 0) return;
+  const LatentCache& c0 = *seqs[0].cache;
+  const std::size_t lat = c0.lat_stride();
+  threads = std::max(threads, 1);
+
+  // Head blocks: equal blocks of at most kMaxHeadBlock heads, padded to whole head groups.
+  // With fewer heads than one vector, the per-head path (no padding) does the work instead.
+  const bool per_head = per_head_for_few && H < W;
+  const std::size_t n_blocks = per_head ? 1 : (H + kMaxHeadBlock - 1) / kMaxHeadBlock;
+  const std::size_t block = (H + n_blocks - 1) / n_blocks;
+  const std::size_t hb = per_head ? H : round_up(block, kHeadGroup);
+
+  // Chunks of the cache per (sequence, head block): one if the blocks already give every thread
+  // the same amount of work, else enough to balance (2 per thread), never less than a tile each.
+  const std::size_t base = B * n_blocks;
+  std::size_t chunks = 1;
+  if (split && (base < static_cast<std::size_t>(threads) || base % threads != 0)) {
+    chunks = (2 * static_cast<std::size_t>(threads) + base - 1) / base;
+  }
+
+  const std::size_t part_size = hb * lat + 2 * hb;
+  std::vector<Item> items;
+  std::vector<std::size_t> first_item;
+  for (std::size_t b = 0; b < B; ++b) {
+    const std::size_t n_tiles = (seqs[b].length + kTile - 1) / kTile;
+    const std::size_t nc = std::max<std::size_t>(1, std::min(chunks, n_tiles));
+    for (std::size_t blk = 0; blk < n_blocks; ++blk) {
+      first_item.push_back(items.size());
+      const std::size_t h0 = blk * block, nh = std::min(block, H - h0);
+      for (std::size_t c = 0; c < nc; ++c) {
+        items.push_back({b, h0, nh, hb, n_tiles * c / nc, n_tiles * (c + 1) / nc, nullptr});
+      }
+    }
+  }
+  first_item.push_back(items.size());
+  static thread_local AlignedVec parts;  // the caller's: shared by the threads below
+  grow(parts, items.size() * part_size);
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].part = parts.data() + i * part_size;
+
+  const long n_items = static_cast<long>(items.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (long i = 0; i < n_items; ++i) {
+    const Item& it = items[static_cast<std::size_t>(i)];
+    if (per_head) {
+      run_heads_per_tile<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
+    } else {
+      run_head_block<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
+    }
+  }
+  combine(items, first_item, lat, a, threads);
+}
+
+}  // namespace
+
+void mla_decode_v4(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::F32);
+  decode_tiled<float>(seqs, a, 1, false, false);
+}
+
+// ============================================================================================
+// version 5: split-KV across threads, log-sum-exp combine
+// ============================================================================================
+
+void mla_decode_v5(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::F32);
+  decode_tiled<float>(seqs, a, a.threads, true, true);
+}
+
+// ============================================================================================
+// version 6: bf16 cache
+// ============================================================================================
+
+void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::BF16);
+  decode_tiled<std::uint16_t>(seqs, a, a.threads, true, true);
+}
+
+void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
+  if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::BF16) {
+    mla_decode_v6(seqs, a);
+  } else {
+    mla_decode_v5(seqs, a);
+  }
+}
+
+bool bf16_dot_products_available() {
+  return cpu_has_dpbf16();
+}
+
+}  // namespace mla::ch07

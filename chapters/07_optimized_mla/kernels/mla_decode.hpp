@@ -1,0 +1,67 @@
+/// @file mla_decode.hpp
+/// @brief The absorbed MLA decode step, in numbered versions (see the menu in mla_decode.cpp).
+///
+/// For each sequence b and head h, with C the cached rows [c_kv | k_rope] of sequence b:
+///
+///     s_t        = scale · (q_lat[b,h,:] · C[t, :d_c] + q_rope[b,h,:] · C[t, d_c:])
+///     p          = softmax(s)                      over the T cached tokens
+///     out[b,h,:] = Σ_t p_t · C[t, :d_c]
+///
+/// All heads of a sequence read the same cache: that is what the faster versions exploit.
+#pragma once
+
+#include <cstddef>
+
+#include "07_optimized_mla/latent_cache.hpp"
+
+namespace mla::ch07 {
+
+/// @addtogroup ch07
+/// @{
+
+/// The queries and the output of one decode step (shapes in the member comments).
+struct DecodeArgs {
+  std::size_t batch = 1;          ///< B: sequences
+  std::size_t heads = 1;          ///< H: query heads
+  std::size_t d_c = 512;          ///< latent width
+  std::size_t d_r = 64;           ///< rope width
+  const float* q_lat = nullptr;   ///< (B, H, d_c) absorbed queries
+  const float* q_rope = nullptr;  ///< (B, H, d_r) rotated rope queries
+  float scale = 1.0f;    ///< softmax scale, 1/sqrt(d_nope + d_r) in DeepSeek (× YaRN mscale²)
+  float* out = nullptr;  ///< (B, H, d_c) attention output in latent space
+  int threads = 1;       ///< threads the threaded versions may use
+};
+
+/// One sequence as the tiled kernels see it: its cache, and how many of its tokens to attend to
+/// (a prefix: `length <= cache->size()`, so a causal query sees only the tokens before it).
+struct SeqRef {
+  const LatentCache* cache = nullptr;
+  std::size_t length = 0;
+};
+
+/// v1: the scalar reference. cache: (B, T, d_c + d_r) rows [c_kv | k_rope], row-major.
+void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a);
+/// v2: v1 with xsimd dot products (several accumulators) and SIMD weighted sums. Same cache.
+void mla_decode_v2(const float* cache, std::size_t T, const DecodeArgs& a);
+/// v3: fused online softmax: one pass over the tiled cache per head. seqs: B entries, F32.
+void mla_decode_v3(const SeqRef* seqs, const DecodeArgs& a);
+/// v4: head blocking: each cache tile is loaded once for a block of heads, register-blocked
+/// micro-kernels. One thread. seqs: B entries, F32 caches.
+void mla_decode_v4(const SeqRef* seqs, const DecodeArgs& a);
+/// v5: v4 split over threads: work items (sequence, head block, KV chunk), combined with a
+/// log-sum-exp; fewer than 8 heads run v3's per-head tiles instead. F32 caches.
+void mla_decode_v5(const SeqRef* seqs, const DecodeArgs& a);
+/// v6: v5 on a bf16 cache (half the bytes per token; sums in float). BF16 caches.
+void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a);
+
+/// The fastest version for the caches given: v5 for F32 caches, v6 for BF16 (all caches of one
+/// call must share the type, d_c and d_r).
+void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
+
+/// True if v6 uses AVX512_BF16 dot products (compiled with __AVX512BF16__ and the CPU has them);
+/// otherwise it widens bf16 to float with shifts (the portable path).
+bool bf16_dot_products_available();
+
+/// @}
+
+}  // namespace mla::ch07
