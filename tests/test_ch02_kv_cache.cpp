@@ -78,7 +78,8 @@ TEST_CASE("the cache holds 2 * layers * tokens * d_model numbers", "[ch02]") {
   CHECK(allclose(again, first, 0.0, 0.0));
 }
 
-TEST_CASE("a cached decode step is at least 3x faster than recomputing at T = 512", "[ch02]") {
+TEST_CASE("a cached decode step is at least 3x faster than recomputing at T = 512",
+          "[ch02][speed]") {
   Rng rng(24);
   const std::size_t T = 512, vocab = 256;
   const ToyDecoder model = random_decoder(4, 128, vocab, rng);

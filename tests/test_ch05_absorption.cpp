@@ -269,7 +269,7 @@ TEST_CASE("absorbed costs fewer FLOPs below the crossover chunk, more above", "[
 
 TEST_CASE(
     "absorbed decoding: attention 5x, whole step 2x faster than rebuilding K and V at T = 1024",
-    "[ch05]") {
+    "[ch05][speed]") {
   // DeepSeek-V2-Lite's attention sizes: 16 heads, d_h 128, d_c 512, d_model 2048.
   Rng rng(17);
   const LatentWeights w = ch04::random_latent(2048, 16, 128, 512, rng);

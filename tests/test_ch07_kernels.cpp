@@ -247,7 +247,7 @@ TEST_CASE("the step's FLOPs and bytes, and which limit binds", "[ch07]") {
   CHECK(memory.fraction == Approx(0.5));  // 20 GB/s of 40
 }
 
-TEST_CASE("the final version is at least 4x faster than v1 (ratio in one run)", "[ch07]") {
+TEST_CASE("the final version is at least 4x faster than v1 (ratio in one run)", "[ch07][speed]") {
 #ifdef MLA_SANITIZE
   // Instrumentation slows scalar and SIMD code by different factors, so a ratio measured under
   // ASan says nothing about the kernels; the release build asserts it.
