@@ -139,7 +139,8 @@ TEST_CASE("json fields: missing, wrong kind and negative sizes are errors naming
 
 TEST_CASE("json fields: out-of-range numbers are errors, never undefined behaviour", "[core]") {
   const auto j = parse_json(R"({"big": 38e46, "huge": 18446744073709551615, "i40": 1099511627776,
-                               "neg": -5, "ok": 4096.0})", "t.json");
+                               "neg": -5, "ok": 4096.0})",
+                            "t.json");
   CHECK_THROWS_AS(json_field<std::size_t>(j, "big", "t.json"), InputError);
   CHECK_THROWS_AS(json_field<int>(j, "i40", "t.json"), InputError);  // would wrap to 0
   CHECK_THROWS_AS(json_field<long>(j, "huge", "t.json"), InputError);
@@ -147,5 +148,6 @@ TEST_CASE("json fields: out-of-range numbers are errors, never undefined behavio
   CHECK_THROWS_AS(json_field<std::size_t>(j, "neg", "t.json"), InputError);
   CHECK(json_field<int>(j, "neg", "t.json") == -5);
   CHECK(json_field<std::size_t>(j, "ok", "t.json") == 4096);
-  CHECK_THROWS_AS(parse_json(R"({"x": 1e999})", "t.json"), InputError);  // out_of_range, not a crash
+  CHECK_THROWS_AS(parse_json(R"({"x": 1e999})", "t.json"),
+                  InputError);  // out_of_range, not a crash
 }

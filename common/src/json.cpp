@@ -32,7 +32,8 @@ template <class T>
 T convert(const nlohmann::json& v, const std::string& key, const std::string& origin) {
   auto bad = [&](const char* kind) {
     std::string got = v.dump();
-    if (got.size() > 80) got = got.substr(0, 77) + "...";  // a huge token must not make a huge message
+    if (got.size() > 80)
+      got = got.substr(0, 77) + "...";  // a huge token must not make a huge message
     return InputError(origin + ": field '" + key + "' is not " + kind + " (got " + got + ")");
   };
   if constexpr (std::is_same_v<T, bool>) {
@@ -40,7 +41,8 @@ T convert(const nlohmann::json& v, const std::string& key, const std::string& or
     return v.get<bool>();
   } else if constexpr (std::is_integral_v<T>) {
     using lim = std::numeric_limits<T>;
-    const char* kind = std::is_unsigned_v<T> ? "a non-negative integer in range" : "an integer in range";
+    const char* kind =
+        std::is_unsigned_v<T> ? "a non-negative integer in range" : "an integer in range";
     if (v.is_number_unsigned()) {
       const auto u = v.get<std::uint64_t>();
       if (u > static_cast<std::uint64_t>(lim::max())) throw bad(kind);

@@ -1,8 +1,9 @@
 /// @file exercise.hpp
-/// @brief Exercise mode: with `-DMLA_EXERCISES=ON` (preset `exercises`) each chapter's key functions
-///        are replaced by stubs that throw, so the chapter's tests fail with a message that says which
-///        exercise to do, until the learner fills the function in. `-DMLA_EXERCISES_FROM=5` keeps
-///        chapters 1-4 solved and starts the exercises at chapter 5.
+/// @brief Exercise mode: with `-DMLA_EXERCISES=ON` (preset `exercises`) each chapter's key
+/// functions
+///        are replaced by stubs that throw, so the chapter's tests fail with a message that says
+///        which exercise to do, until the learner fills the function in. `-DMLA_EXERCISES_FROM=5`
+///        keeps chapters 1-4 solved and starts the exercises at chapter 5.
 ///
 /// A chapter marks a key function like this:
 /// @code
@@ -35,8 +36,8 @@ struct ExerciseNotDone : std::logic_error {
 
 /// Throw ExerciseNotDone for exercise `id` (chapter.number), naming the function and a hint.
 [[noreturn]] inline void exercise_stub(const char* id, const char* function, const char* hint) {
-  throw ExerciseNotDone(std::string("exercise ") + id + ": implement " + function + " — hint: " +
-                        hint);
+  throw ExerciseNotDone(std::string("exercise ") + id + ": implement " + function +
+                        " — hint: " + hint);
 }
 
 /// @}
