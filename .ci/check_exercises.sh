@@ -41,7 +41,7 @@ for dir in chapters/[0-9][0-9]_*/; do
   dir=${dir%/}
   nn=$(basename "$dir" | cut -c1-2)
   # The ids of MLA_EXERCISE("N.k", …) calls (clang-format may break the line after the paren).
-  ids=$(cat "$dir"/*.cpp "$dir"/*.hpp 2>/dev/null | tr '\n' ' ' |
+  ids=$(find "$dir" -name '*.cpp' -o -name '*.hpp' | sort | xargs cat | tr '\n' ' ' |
         grep -oE 'MLA_EXERCISE\( *"[0-9]+\.[0-9]+"' | grep -oE '[0-9]+\.[0-9]+' | sort -V | uniq |
         tr '\n' ' ' || true)
   if [ -z "$ids" ]; then

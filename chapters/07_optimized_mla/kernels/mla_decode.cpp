@@ -23,6 +23,7 @@
 //           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "mla/exercise.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -118,6 +119,13 @@ namespace {
 // x · y over n floats (any alignment): four accumulators, so four FMAs are in flight at once;
 // with one accumulator every FMA waits for the previous one (4 cycles of latency each).
 float dot_simd(const float* x, const float* y, std::size_t n) {
+#if MLA_EXERCISES
+  (void)x, (void)y, (void)n;
+  MLA_EXERCISE("7.1", "dot_simd() (the vectorized score loop of v2)",
+               "V = xsimd::batch<float> holds W floats: keep 4 accumulators, in steps of 4*W do "
+               "acc_i = xsimd::fma(V::load_unaligned(x + k + i*W), V::load_unaligned(y + k + i*W), "
+               "acc_i); then single vectors; xsimd::hadd(sum of accumulators); a scalar tail");
+#else
   V acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
   std::size_t k = 0;
   for (; k + 4 * W <= n; k += 4 * W) {
@@ -131,6 +139,7 @@ float dot_simd(const float* x, const float* y, std::size_t n) {
   float s = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
   for (; k < n; ++k) s += x[k] * y[k];  // scalar tail
   return s;
+#endif
 }
 
 // y += alpha · x over n floats.
