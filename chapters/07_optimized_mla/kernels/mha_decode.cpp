@@ -10,6 +10,7 @@
 //           the step is bound by DRAM read bandwidth, and v2's job is to run at it.
 
 #include "07_optimized_mla/kernels/mha_decode.hpp"
+#include "07_optimized_mla/kernels/mla_decode.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -108,22 +109,6 @@ void mha_decode_v1(const MhaCache* caches, const MhaArgs& a) {
 
 namespace {
 
-float dot(const float* x, const float* y, std::size_t n) {
-  V acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
-  std::size_t k = 0;
-  for (; k + 4 * W <= n; k += 4 * W) {
-    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
-    acc1 = xsimd::fma(V::load_unaligned(x + k + W), V::load_unaligned(y + k + W), acc1);
-    acc2 = xsimd::fma(V::load_unaligned(x + k + 2 * W), V::load_unaligned(y + k + 2 * W), acc2);
-    acc3 = xsimd::fma(V::load_unaligned(x + k + 3 * W), V::load_unaligned(y + k + 3 * W), acc3);
-  }
-  for (; k + W <= n; k += W)
-    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
-  float s = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
-  for (; k < n; ++k) s += x[k] * y[k];
-  return s;
-}
-
 // One (sequence, head, token range): partial softmax m, l and unnormalized output o (d_v).
 void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_begin,
                 std::size_t t_end, std::size_t d_k, std::size_t d_v, float scale, float* o,
@@ -135,7 +120,7 @@ void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_b
     const std::size_t nt = std::min(kTile, t_end - t0);
     float tmax = kNegInf;
     for (std::size_t t = 0; t < nt; ++t) {
-      s[t] = scale * dot(q, K + (t0 + t) * d_k, d_k);
+      s[t] = scale * dot_simd(q, K + (t0 + t) * d_k, d_k);
       tmax = std::max(tmax, s[t]);
     }
     for (std::size_t t = nt; t < kTile; ++t) s[t] = kNegInf;

@@ -114,8 +114,6 @@ void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a) {
 // version 2: SIMD dot products and weighted sums
 // ============================================================================================
 
-namespace {
-
 // x · y over n floats (any alignment): four accumulators, so four FMAs are in flight at once;
 // with one accumulator every FMA waits for the previous one (4 cycles of latency each).
 float dot_simd(const float* x, const float* y, std::size_t n) {
@@ -141,6 +139,8 @@ float dot_simd(const float* x, const float* y, std::size_t n) {
   return s;
 #endif
 }
+
+namespace {
 
 // y += alpha · x over n floats.
 void axpy_simd(float alpha, const float* x, float* y, std::size_t n) {

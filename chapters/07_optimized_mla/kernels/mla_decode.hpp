@@ -39,6 +39,10 @@ struct SeqRef {
   std::size_t length = 0;
 };
 
+/// x · y over n floats (any alignment) with xsimd and four accumulators, so four FMAs are in flight
+/// at once: v2's score loop, and the MHA kernel's too.
+float dot_simd(const float* x, const float* y, std::size_t n);
+
 /// v1: the scalar reference. cache: (B, T, d_c + d_r) rows [c_kv | k_rope], row-major.
 void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a);
 /// v2: v1 with xsimd dot products (several accumulators) and SIMD weighted sums. Same cache.
