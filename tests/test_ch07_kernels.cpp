@@ -93,6 +93,9 @@ TEST_CASE("every MLA decode version equals v1 on odd and DeepSeek shapes, 1 and 
 TEST_CASE(
     "the bf16 cache (v6) equals v1 on the rounded cache, and fp32 v1 within the bf16 tolerance",
     "[ch07]") {
+  // Shapes with fewer heads than a SIMD vector take the per-head path, which computes its scores
+  // with vdpbf16ps where the CPU has AVX512_BF16.
+  INFO("vdpbf16ps on this CPU: " << (bf16_dot_products_available() ? "yes" : "no"));
   for (const MlaProblem& p : shapes()) {
     MlaInputs in = MlaInputs::random(p, 11);
     const std::vector<float> ref32 = reference(in);
@@ -133,6 +136,20 @@ TEST_CASE("bf16 conversion rounds to nearest even and keeps NaN", "[ch07]") {
     load_bf16(b.data() + i).store_aligned(wide + i);
   }
   for (std::size_t i = 0; i < b.size(); ++i) CHECK(wide[i] == from_bf16(b[i]));
+  // Three bf16 parts hold a float exactly (what lets vdpbf16ps take an fp32 query unrounded).
+  Rng rng(5);
+  for (int i = 0; i < 10000; ++i) {
+    const float f = std::ldexp(rng.normal(), i % 40 - 20);
+    std::uint16_t hi = 0, mid = 0, lo = 0;
+    split_bf16(f, hi, mid, lo);
+    INFO(f);
+    REQUIRE(from_bf16(hi) + (from_bf16(mid) + from_bf16(lo)) == f);
+  }
+  std::uint16_t hi = 0, mid = 1, lo = 1;
+  split_bf16(std::numeric_limits<float>::infinity(), hi, mid, lo);
+  CHECK((std::isinf(from_bf16(hi)) && mid == 0 && lo == 0));
+  split_bf16(std::numeric_limits<float>::quiet_NaN(), hi, mid, lo);
+  CHECK((std::isnan(from_bf16(hi)) && mid == 0 && lo == 0));
 }
 
 TEST_CASE("the tiled latent cache keeps every number, pads with zeros, never moves a token",

@@ -3,9 +3,12 @@
 
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <vector>
 
 #include "mla/compare.hpp"
 #include "mla/json.hpp"
+#include "mla/parallel.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
 #include "mla/tensor.hpp"
@@ -150,4 +153,23 @@ TEST_CASE("json fields: out-of-range numbers are errors, never undefined behavio
   CHECK(json_field<std::size_t>(j, "ok", "t.json") == 4096);
   CHECK_THROWS_AS(parse_json(R"({"x": 1e999})", "t.json"),
                   InputError);  // out_of_range, not a crash
+}
+
+TEST_CASE("parallel_for runs every iteration and hands a worker's exception to the caller",
+          "[core]") {
+  for (int threads : {1, 2}) {
+    INFO(threads << " thread(s)");
+    std::vector<int> seen(100, 0);
+    parallel_for(100, threads, [&](long i) { seen[static_cast<std::size_t>(i)] += 1; });
+    for (int s : seen) CHECK(s == 1);
+    // Without the catch inside the region, this would call std::terminate and abort the tests.
+    std::vector<int> ran(100, 0);
+    REQUIRE_THROWS_WITH(parallel_for(100, threads,
+                                     [&](long i) {
+                                       ran[static_cast<std::size_t>(i)] = 1;
+                                       if (i == 37) throw std::runtime_error("item 37 failed");
+                                     }),
+                        "item 37 failed");
+    for (int r : ran) CHECK(r == 1);  // the other iterations still ran
+  }
 }

@@ -7,12 +7,13 @@
 /// every sum in float, so a bf16 cache only changes what is stored, not how it is added.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include <xsimd/xsimd.hpp>
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -43,27 +44,43 @@ inline float round_bf16(float f) {
   return from_bf16(to_bf16(f));
 }
 
+/// Split `f` into three bf16 numbers with f == hi + mid + lo: each part is the bf16 rounding of
+/// what the parts before it left over, and 3 × 8 significant bits hold a float's 24. (Exact for
+/// every float whose last part is not below bf16's normal range, about 1e-38 · 2^16; kernels that
+/// flush denormals lose only that remainder.) It lets an instruction that multiplies bf16 numbers
+/// (vdpbf16ps) take an fp32 operand without rounding it.
+inline void split_bf16(float f, std::uint16_t& hi, std::uint16_t& mid, std::uint16_t& lo) {
+  hi = to_bf16(f);
+  if (!std::isfinite(from_bf16(hi))) {  // Inf or NaN (or a float that rounds up to Inf) stays so
+    mid = lo = 0;
+    return;
+  }
+  const float r1 = f - from_bf16(hi);  // exact: hi is f's nearest bf16
+  mid = to_bf16(r1);
+  lo = to_bf16(r1 - from_bf16(mid));
+}
+
 /// Load one batch (`xsimd::batch<float>::size` numbers) of bf16 values from `p` as floats.
 ///
 /// With AVX2 it is two instructions per 8 numbers (zero-extend 16->32 bits, shift left by 16);
 /// otherwise a portable loop the compiler vectorizes as best it can.
 inline xsimd::batch<float> load_bf16(const std::uint16_t* p) {
   using V = xsimd::batch<float>;
-#if defined(__AVX2__)
-  if constexpr (V::size == 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-  }
-#endif
+  // The branch is chosen by the preprocessor, not `if constexpr`: outside a template both arms
+  // of an `if constexpr` must compile, and a batch cannot be built from the other width.
 #if defined(__AVX512F__)
-  if constexpr (V::size == 16) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-  }
-#endif
+  static_assert(V::size == 16, "xsimd's default batch is 512 bits wide under AVX-512");
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+#elif defined(__AVX2__)
+  static_assert(V::size == 8, "xsimd's default batch is 256 bits wide under AVX2");
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return V(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+#else
   alignas(64) float tmp[V::size];
   for (std::size_t i = 0; i < V::size; ++i) tmp[i] = from_bf16(p[i]);
   return V::load_aligned(tmp);
+#endif
 }
 
 /// @}

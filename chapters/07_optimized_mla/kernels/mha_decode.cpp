@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "mla/parallel.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch07 {
@@ -173,16 +174,14 @@ void mha_decode_v2(const MhaCache* caches, const MhaArgs& a) {
       pairs >= static_cast<std::size_t>(threads) ? 1 : (2 * threads + pairs - 1) / pairs;
   const std::size_t part = a.d_v + 2;  // o (d_v), m, l
   std::vector<float> parts(pairs * chunks * part);
-  const long n_items = static_cast<long>(pairs * chunks);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (long i = 0; i < n_items; ++i) {
+  mla::parallel_for(static_cast<long>(pairs * chunks), threads, [&](long i) {
     const std::size_t pair = static_cast<std::size_t>(i) / chunks,
                       c = static_cast<std::size_t>(i) % chunks;
     const std::size_t b = pair / H, h = pair % H, T = caches[b].size();
     float* p = parts.data() + static_cast<std::size_t>(i) * part;
     head_chunk(a.q + (b * H + h) * a.d_k, caches[b].k(h), caches[b].v(h), T * c / chunks,
                T * (c + 1) / chunks, a.d_k, a.d_v, a.scale, p, p[a.d_v], p[a.d_v + 1]);
-  }
+  });
   // Log-sum-exp combine of the chunks of each (sequence, head).
   for (std::size_t pair = 0; pair < pairs; ++pair) {
     float* out = a.out + pair * a.d_v;

@@ -41,6 +41,7 @@
 #endif
 
 #include "07_optimized_mla/kernels/bf16.hpp"
+#include "mla/parallel.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch07 {
@@ -321,30 +322,40 @@ void head_tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std:
 // AVX512_BF16: vdpbf16ps multiplies 32 pairs of bf16 numbers and adds them into 16 floats in
 // one instruction, twice the products of an fp32 FMA. Compiled through a target attribute (so
 // this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
-// The query is rounded to bf16 too (q16), which adds a rounding of the same size as the cache's.
+//
+// Both operands must be bf16, but only the cache may lose precision: the query stays exact by
+// being split into three bf16 numbers, q = q_hi + q_mid + q_lo (split_bf16 below: each part is
+// the bf16 rounding of what the parts before it left over; 3 × 8 significant bits hold a float's
+// 24). A score is then three vdpbf16ps per 32 cached numbers — one load of the row, three
+// independent accumulator chains — and equals v1's on the rounded cache up to the order of the
+// sums, like the widening path. q3: (3, stride) bf16, the three parts one after the other.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
 #define MLA_CH07_HAVE_DPBF16 1
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) float tile_scores_dpbf16(
-    const std::uint16_t* tile, std::size_t nt, std::size_t stride, const std::uint16_t* q16,
+    const std::uint16_t* tile, std::size_t nt, std::size_t stride, const std::uint16_t* q3,
     float* s) {
+  const std::uint16_t *q_hi = q3, *q_mid = q3 + stride, *q_lo = q3 + 2 * stride;
   float tile_max = kNegInf;
-  alignas(64) float lanes[16];
   for (std::size_t t = 0; t < nt; ++t) {
     const std::uint16_t* row = tile + t * stride;
-    __m512 acc = _mm512_setzero_ps();
+    __m512 hi = _mm512_setzero_ps(), mid = _mm512_setzero_ps(), lo = _mm512_setzero_ps();
     std::size_t k = 0;
     for (; k + 32 <= stride; k += 32) {
-      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(row + k),
-                             (__m512bh)_mm512_loadu_si512(q16 + k));
+      const __m512bh r = (__m512bh)_mm512_loadu_si512(row + k);
+      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_loadu_si512(q_hi + k));
+      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_loadu_si512(q_mid + k));
+      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_loadu_si512(q_lo + k));
     }
     if (k < stride) {  // stride is a multiple of 16: one half-register left
       const __mmask32 m = 0xFFFFu;
-      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, row + k),
-                             (__m512bh)_mm512_maskz_loadu_epi16(m, q16 + k));
+      const __m512bh r = (__m512bh)_mm512_maskz_loadu_epi16(m, row + k);
+      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_hi + k));
+      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_mid + k));
+      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_lo + k));
     }
-    _mm512_store_ps(lanes, acc);
-    float sum = 0.0f;
-    for (float x : lanes) sum += x;
+    // Small parts first, so the large one is added last (what rounding error there is stays
+    // at the size of the small parts).
+    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(lo, mid), hi));
     s[t] = sum;
     tile_max = std::max(tile_max, sum);
   }
@@ -641,14 +652,20 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
     st[hh].acc = ws.acc.data() + hh * lat;
     std::fill(st[hh].acc, st[hh].acc + lat, 0.0f);
   }
-  // A bf16 cache on a CPU with AVX512_BF16: scores with vdpbf16ps on a bf16 copy of the query.
+  // A bf16 cache on a CPU with AVX512_BF16: scores with vdpbf16ps on the query split into three
+  // bf16 parts, q16: (nh, 3, stride).
   bool dpbf16 = false;
   std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>> q16;
   if constexpr (std::is_same_v<Elem, std::uint16_t>) {
     dpbf16 = cpu_has_dpbf16();
     if (dpbf16) {
-      q16.resize(nh * stride);
-      for (std::size_t e = 0; e < nh * stride; ++e) q16[e] = to_bf16(ws.q[e]);
+      q16.resize(nh * 3 * stride);
+      for (std::size_t hh = 0; hh < nh; ++hh) {
+        std::uint16_t* q3 = q16.data() + hh * 3 * stride;
+        for (std::size_t k = 0; k < stride; ++k) {
+          split_bf16(ws.q[hh * stride + k], q3[k], q3[stride + k], q3[2 * stride + k]);
+        }
+      }
     }
   }
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
@@ -659,7 +676,7 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
       if constexpr (std::is_same_v<Elem, std::uint16_t>) {
         if (dpbf16) {
           const float mx =
-              tile_scores_dpbf16(tile, nt, stride, q16.data() + hh * stride, ws.s.data());
+              tile_scores_dpbf16(tile, nt, stride, q16.data() + hh * 3 * stride, ws.s.data());
           tile_update(tile, nt, stride, lat, ws.s.data(), mx, st[hh]);
           continue;
         }
@@ -755,16 +772,14 @@ void decode_tiled(const SeqRef* seqs, const DecodeArgs& a, int threads, bool spl
   grow(parts, items.size() * part_size);
   for (std::size_t i = 0; i < items.size(); ++i) items[i].part = parts.data() + i * part_size;
 
-  const long n_items = static_cast<long>(items.size());
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (long i = 0; i < n_items; ++i) {
+  mla::parallel_for(static_cast<long>(items.size()), threads, [&](long i) {
     const Item& it = items[static_cast<std::size_t>(i)];
     if (per_head) {
       run_heads_per_tile<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
     } else {
       run_head_block<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
     }
-  }
+  });
   combine(items, first_item, lat, a, threads);
 }
 

@@ -1,0 +1,38 @@
+#pragma once
+/// @file parallel.hpp
+/// @brief An OpenMP loop that lets exceptions out.
+///
+/// An exception that leaves an OpenMP parallel region calls std::terminate (OpenMP 5.2, §2.1:
+/// a structured block must be exited only at its end), so a kernel that throws from a worker —
+/// an exercise stub, a failed allocation — would abort the program instead of reporting. The
+/// loop below catches what a body throws, lets the other iterations finish, and rethrows the
+/// first exception on the calling thread once the team has joined.
+
+#include <exception>
+
+namespace mla {
+
+/// @addtogroup core
+/// @{
+
+/// Run `body(i)` for i in [0, n) on `threads` OpenMP threads (dynamic schedule, one iteration
+/// at a time: the iterations of our kernels are uneven). With `threads <= 1` it runs inline.
+/// The first exception a body throws is rethrown here after every thread has stopped.
+template <class Body>
+void parallel_for(long n, int threads, Body&& body) {
+  std::exception_ptr error;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (long i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+#pragma omp critical(mla_parallel_for_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+/// @}
+
+}  // namespace mla
