@@ -11,9 +11,10 @@
 //           buffer, and a running max / running sum rescale the partial output as tiles arrive.
 //           Four tokens share each query load (eight FMA chains in flight).
 // version 4 blocks heads: each tile of the cache is loaded once for a block of up to 64 heads,
-//           and two register-blocked micro-kernels (6 tokens × 16 heads for the scores,
-//           6 latent columns × 16 heads for the weighted sum) turn the work into two small
-//           matrix products that run at the FMA units' speed. One thread.
+//           and two register-blocked micro-kernels (12 accumulators each: 6 tokens × 16 heads
+//           for the scores and 6 latent columns × 16 heads for the weighted sum with AVX2, 12 × 16
+//           with AVX-512) turn the work into two small matrix products that run at the FMA units'
+//           speed. One thread.
 // version 5 splits the work over threads: items (sequence, head block, chunk of the cache), each
 //           computing a partial softmax (max, sum, unnormalized output) that a log-sum-exp combine
 //           merges. Below one SIMD vector of heads (8 with AVX2) there is no head block to fill,
@@ -422,66 +423,69 @@ void mla_decode_v3(const SeqRef* seqs, const DecodeArgs& a) {
 
 namespace {
 
-// Heads sit in SIMD lanes: a micro-kernel covers 2 vectors of heads (16 with AVX2).
-constexpr std::size_t kHeadGroup = 2 * W;
+// Heads sit in SIMD lanes: a micro-kernel covers one group of 16 heads, kHeadVecs vectors of
+// them (2 with AVX2's 8 lanes, 1 with AVX-512's 16). Sixteen, not a whole number of vectors
+// more, because DeepSeek-V2-Lite has 16 heads: a wider group would pad them with idle lanes.
+constexpr std::size_t kHeadGroup = 16;
+constexpr std::size_t kHeadVecs = kHeadGroup / W;
+static_assert(kHeadGroup % W == 0, "a head group is a whole number of SIMD vectors");
 // Heads per block: 64 keeps the packed queries (576 × 64 floats = 144 KiB), the output
 // accumulators (512 × 64 = 128 KiB) and a tile (144 KiB) together in a 512 KiB L2 cache.
 constexpr std::size_t kMaxHeadBlock = 64;
-constexpr std::size_t kTokGroup = 6;  // tokens per scores micro-kernel
-constexpr std::size_t kColGroup = 6;  // latent columns per weighted-sum micro-kernel
+// Tokens per scores micro-kernel and latent columns per weighted-sum micro-kernel: 12
+// accumulators in all (6 × 2 vectors with AVX2, 12 × 1 with AVX-512), enough independent FMA
+// chains to cover an FMA's latency (4 cycles) on two FMA units, and within AVX2's 16 registers.
+constexpr std::size_t kTokGroup = 12 / kHeadVecs;
+constexpr std::size_t kColGroup = 12 / kHeadVecs;
 
-// Scores of NT tokens for 2W heads, the hot spot of the step (with pv_micro below).
-//   qp: (K, ldq) packed queries, heads in lanes (this group's 2W heads at qp[k·ldq .. +2W))
+// Scores of NT tokens for one group of 16 heads, the hot spot of the step (with pv_micro below).
+//   qp: (K, ldq) packed queries, heads in lanes (this group's heads at qp[k·ldq .. +16))
 //   c:  NT cache rows of ldc floats;  s: (NT, lds) scores out, heads in lanes.
-// 2·NT accumulators + 2 query vectors + 1 broadcast = 15 of AVX2's 16 registers at NT = 6;
-// per k: 2 loads, 6 broadcasts, 12 FMAs — the FMA units, not the loads, set the pace.
+// AVX2: 12 accumulators + 2 query vectors + 1 broadcast = 15 of 16 registers; per k: 2 loads,
+// 6 broadcasts, 12 FMAs. AVX-512: 1 query load and 12 broadcasts per 12 FMAs. Either way the
+// FMA units, not the loads, set the pace.
 template <int NT>
 inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::size_t ldc,
                          std::size_t K, float* s, std::size_t lds) {
-  V acc0[NT], acc1[NT];
-  for (int i = 0; i < NT; ++i) acc0[i] = acc1[i] = V(0.0f);
+  constexpr std::size_t VH = kHeadVecs;
+  V acc[NT][VH];
+  for (int i = 0; i < NT; ++i)
+    for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V(0.0f);
   for (std::size_t k = 0; k < K; ++k) {
-    const V q0 = V::load_aligned(qp + k * ldq);
-    const V q1 = V::load_aligned(qp + k * ldq + W);
+    V q[VH];
+    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + k * ldq + v * W);
     for (int i = 0; i < NT; ++i) {
       const V ci(c[i * ldc + k]);
-      acc0[i] = xsimd::fma(ci, q0, acc0[i]);
-      acc1[i] = xsimd::fma(ci, q1, acc1[i]);
+      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, q[v], acc[i][v]);
     }
   }
-  for (int i = 0; i < NT; ++i) {
-    acc0[i].store_aligned(s + i * lds);
-    acc1[i].store_aligned(s + i * lds + W);
-  }
+  for (int i = 0; i < NT; ++i)
+    for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(s + i * lds + v * W);
 }
 
-// Weighted sum of nt tokens into NJ latent columns for 2W heads, with the online-softmax rescale
-// folded into the load of the accumulators.
+// Weighted sum of nt tokens into NJ latent columns for one group of 16 heads, with the
+// online-softmax rescale folded into the load of the accumulators.
 //   ot: (NJ, ldo) output accumulators, transposed (column j, heads in lanes)
 //   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc floats (this column group)
-//   alpha: (2W) rescale factors of these heads
+//   alpha: (16) rescale factors of these heads
 template <int NJ>
 inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const float* c,
                      std::size_t ldc, std::size_t nt, const float* alpha) {
-  const V a0 = V::load_aligned(alpha), a1 = V::load_aligned(alpha + W);
-  V acc0[NJ], acc1[NJ];
-  for (int i = 0; i < NJ; ++i) {
-    acc0[i] = V::load_aligned(ot + i * ldo) * a0;
-    acc1[i] = V::load_aligned(ot + i * ldo + W) * a1;
-  }
+  constexpr std::size_t VH = kHeadVecs;
+  V al[VH], acc[NJ][VH];
+  for (std::size_t v = 0; v < VH; ++v) al[v] = V::load_aligned(alpha + v * W);
+  for (int i = 0; i < NJ; ++i)
+    for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V::load_aligned(ot + i * ldo + v * W) * al[v];
   for (std::size_t t = 0; t < nt; ++t) {
-    const V p0 = V::load_aligned(p + t * ldp);
-    const V p1 = V::load_aligned(p + t * ldp + W);
+    V pt[VH];
+    for (std::size_t v = 0; v < VH; ++v) pt[v] = V::load_aligned(p + t * ldp + v * W);
     for (int i = 0; i < NJ; ++i) {
       const V ci(c[t * ldc + i]);
-      acc0[i] = xsimd::fma(ci, p0, acc0[i]);
-      acc1[i] = xsimd::fma(ci, p1, acc1[i]);
+      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, pt[v], acc[i][v]);
     }
   }
-  for (int i = 0; i < NJ; ++i) {
-    acc0[i].store_aligned(ot + i * ldo);
-    acc1[i].store_aligned(ot + i * ldo + W);
-  }
+  for (int i = 0; i < NJ; ++i)
+    for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(ot + i * ldo + v * W);
 }
 
 template <int N>
@@ -530,7 +534,7 @@ struct Item {
   float* part;  // (hb, lat_stride) o, then (hb) m, then (hb) l
 };
 
-// Buffers of a head block are group-major: group g (kHeadGroup = 2W heads in lanes) owns one
+// Buffers of a head block are group-major: group g (kHeadGroup = 16 heads in lanes) owns one
 // contiguous (rows, kHeadGroup) panel, so every micro-kernel streams contiguous memory with a
 // compile-time stride, which the hardware prefetcher follows best.
 //
@@ -584,8 +588,8 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
       tile = ws.ftile.data();
     }
 
-    // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): 6 tokens × G heads at a time;
-    //    the 6 rows stay in L1 while the head groups stream their packed queries.
+    // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): kTokGroup tokens × G heads at
+    //    a time; those rows stay in L1 while the head groups stream their packed queries.
     for (std::size_t t0 = 0; t0 < nt; t0 += kTokGroup) {
       const std::size_t n = std::min(kTokGroup, nt - t0);
       for (std::size_t g = 0; g < groups; ++g) {
@@ -613,7 +617,8 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
       al.store_aligned(alpha + h);
     }
 
-    // 3. Ot (lat, hb) = alpha · Ot + tileᵀ[:lat] (lat, nt) · P (nt, hb): 6 columns × G heads.
+    // 3. Ot (lat, hb) = alpha · Ot + tileᵀ[:lat] (lat, nt) · P (nt, hb): kColGroup columns × G
+    //    heads at a time.
     for (std::size_t j0 = 0; j0 < lat; j0 += kColGroup) {
       const std::size_t n = std::min(kColGroup, lat - j0);
       for (std::size_t g = 0; g < groups; ++g) {
