@@ -26,11 +26,17 @@ double measure_fma_gflops(int threads, int reps) {
     const double t0 = now_seconds();
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
     {
-      // 12 independent chains: an FMA takes 4 cycles and two issue per cycle, so 8 would do;
-      // 12 leaves headroom. x slightly below 1 and y tiny keep the values finite.
-      V a0(1.0f), a1(1.1f), a2(1.2f), a3(1.3f), a4(1.4f), a5(1.5f), a6(1.6f), a7(1.7f), a8(1.8f),
-          a9(1.9f), a10(2.0f), a11(2.1f);
-      const V x(0.9999999f), y(1e-7f);
+      // 12 independent chains: an FMA takes 4 cycles and up to two issue per cycle, so 8 would
+      // do; 12 leaves headroom. The numbers come through a volatile so the compiler cannot see
+      // them: with constants, GCC 12 found that some chains stay at a fixed point (a rounds back
+      // to a) and dropped them, running 7 FMAs where 12 were counted — a peak overstated by
+      // 12/7. x slightly below 1 and y tiny keep the values finite.
+      volatile float seed = 1.0f;
+      const float one = seed;
+      V a0(one), a1(1.1f * one), a2(1.2f * one), a3(1.3f * one), a4(1.4f * one), a5(1.5f * one),
+          a6(1.6f * one), a7(1.7f * one), a8(1.8f * one), a9(1.9f * one), a10(2.0f * one),
+          a11(2.1f * one);
+      const V x(0.9999999f * one), y(1e-7f * one);
       for (long i = 0; i < kIters; ++i) {
         a0 = xsimd::fma(a0, x, y);
         a1 = xsimd::fma(a1, x, y);
