@@ -513,6 +513,33 @@ TEST_CASE("malformed safetensors files are rejected with a message naming the pr
              "span 4 bytes but dtype F32 x shape [2] needs 8");
     rejected(one_tensor(R"({"dtype":"BF16","shape":[2],"data_offsets":[0,8]})", 8), "needs 4");
   }
+  SECTION("tensors must tile the data section: no overlap, no hole, nothing left over") {
+    const std::string a = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+    rejected(mla::raw_safetensors_bytes(
+                 "{" + a + R"(,"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                 std::vector<std::uint8_t>(12)),
+             "tensor 'b' at data_offsets [4, 12] overlaps tensor 'a' (which ends at 8)");
+    rejected(mla::raw_safetensors_bytes(
+                 "{" + a + R"(,"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                 std::vector<std::uint8_t>(8)),
+             "overlaps tensor");
+    rejected(mla::raw_safetensors_bytes(
+                 "{" + a + R"(,"b":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})",
+                 std::vector<std::uint8_t>(16)),
+             "4 bytes before tensor 'b' at data_offsets [12, 16] belong to no tensor");
+    rejected(one_tensor(R"({"dtype":"F32","shape":[2],"data_offsets":[0,8]})", 12),
+             "the last 4 bytes of the 12-byte data section belong to no tensor");
+    rejected(mla::raw_safetensors_bytes("{}", std::vector<std::uint8_t>(3)), "the last 3 bytes");
+    // In order of their offsets, not of the header: b before a is fine.
+    REQUIRE_NOTHROW(open_and_load_all(
+        mla::raw_safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
+                                   R"("b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                   std::vector<std::uint8_t>(12))));
+    // An empty tensor takes no bytes and may sit where the next one begins.
+    REQUIRE_NOTHROW(open_and_load_all(mla::raw_safetensors_bytes(
+        "{" + a + R"(,"e":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}})",
+        std::vector<std::uint8_t>(8))));
+  }
   SECTION("duplicates and metadata") {
     rejected(mla::raw_safetensors_bytes("{\"w\":" + ok + ",\"w\":" + ok + "}",
                                         std::vector<std::uint8_t>(8)),

@@ -332,6 +332,41 @@ struct SafeTensors::Impl {
       }
       tensors.emplace(name, parse_entry(origin, name, entry, data_size));
     }
+    check_layout();
+  }
+
+  /// The tensors must tile the data section exactly, in order of their offsets: no two share a
+  /// byte, no byte between them or after the last one is left unindexed. The safetensors format
+  /// asks for this ("the byte buffer needs to be entirely indexed, and cannot contain holes",
+  /// huggingface/safetensors README), so a file that breaks it was not written by a safetensors
+  /// writer: two weights aliasing the same bytes, or bytes hidden in a hole, mean corruption or
+  /// a crafted file, and loading it anyway would hand out silent garbage.
+  void check_layout() const {
+    std::vector<const TensorInfo*> order;
+    for (const auto& entry : tensors) order.push_back(&entry.second);
+    std::sort(order.begin(), order.end(), [](const TensorInfo* a, const TensorInfo* b) {
+      return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
+    std::size_t expected = 0;  // where the next tensor must begin
+    const TensorInfo* previous = nullptr;
+    for (const TensorInfo* t : order) {
+      const std::string range =
+          "[" + std::to_string(t->begin) + ", " + std::to_string(t->end) + "]";
+      if (t->begin < expected)
+        throw InputError(origin + ": tensor " + quote_name(t->name) + " at data_offsets " + range +
+                         " overlaps tensor " + quote_name(previous->name) + " (which ends at " +
+                         std::to_string(expected) + ")");
+      if (t->begin > expected)
+        throw InputError(origin + ": " + std::to_string(t->begin - expected) +
+                         " bytes before tensor " + quote_name(t->name) + " at data_offsets " +
+                         range + " belong to no tensor (a hole in the data section)");
+      expected = t->end;
+      previous = t;
+    }
+    if (expected != data_size)
+      throw InputError(origin + ": the last " + std::to_string(data_size - expected) +
+                       " bytes of the " + std::to_string(data_size) +
+                       "-byte data section belong to no tensor (truncated header or extra data)");
   }
 
   const TensorInfo& info(const std::string& name) const {
