@@ -63,10 +63,10 @@ std::vector<float> rounded(const std::vector<float>& v) {
 // Shapes: odd widths (padding), T not a multiple of the 64-token tile or the 6-token groups,
 // one head, heads not a multiple of the 16-head groups, more heads than a 64-head block, B > 1.
 const std::vector<MlaProblem>& shapes() {
-  static const std::vector<MlaProblem> s{shape(1, 1, 1, 8, 2),     shape(1, 1, 100, 37, 6),
-                                         shape(2, 5, 131, 40, 8),  shape(1, 16, 64, 64, 16),
-                                         shape(3, 19, 200, 33, 4), shape(1, 8, 257, 48, 0),
-                                         shape(2, 70, 97, 24, 2),  shape(1, 128, 150, 512, 64)};
+  static const std::vector<MlaProblem> s{
+      shape(1, 1, 1, 8, 2),     shape(1, 1, 100, 37, 6),  shape(2, 5, 131, 40, 8),
+      shape(1, 16, 64, 64, 16), shape(3, 19, 200, 33, 4), shape(1, 8, 257, 48, 0),
+      shape(2, 70, 97, 24, 2),  shape(2, 32, 77, 40, 8),  shape(1, 128, 150, 512, 64)};
   return s;
 }
 

@@ -21,6 +21,7 @@ which the project's build and tests do not.
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -48,6 +49,12 @@ def main():
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args()
 
+    # Debian's PyTorch does its matrix products in the system BLAS (OpenBLAS here), whose thread
+    # pool ignores torch.set_num_threads: without these, "--threads 1" would run on every core
+    # and "--threads 2" would run 2 OpenMP threads each starting OpenBLAS threads. They must be
+    # set before torch (and with it OpenBLAS) is loaded.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
     try:
         import torch
     except ImportError:
