@@ -31,13 +31,15 @@ struct DecoderLayer {
 /// A toy language model: token embeddings, a stack of DecoderLayer, a final norm, and logits
 /// through an output matrix.
 struct ToyDecoder {
-  Mat embed;    ///< (vocab, d_model): row t is token t's embedding
-  Mat unembed;  ///< (vocab, d_model): logits = h · unembedᵀ
-  std::vector<DecoderLayer> layers;
-  Vec final_norm;  ///< (d_model)
-  float eps = 1e-6f;
+  Mat embed;                         ///< (vocab, d_model): row t is token t's embedding
+  Mat unembed;                       ///< (vocab, d_model): logits = h · unembedᵀ
+  std::vector<DecoderLayer> layers;  ///< the stack, in order; each layer caches its own K and V
+  Vec final_norm;                    ///< (d_model)
+  float eps = 1e-6f;                 ///< RMSNorm epsilon, shared by every norm
 
+  /// Width of the hidden state (columns of embed).
   std::size_t d_model() const { return embed.shape(1); }
+  /// Vocabulary size (rows of embed).
   std::size_t vocab() const { return embed.shape(0); }
 };
 
@@ -58,9 +60,13 @@ int next_token(const ToyDecoder& model, const float* h);
 /// Layer l holds K_l, V_l of shape (tokens(), d_model), stored row after row.
 class KvCache {
  public:
+  /// An empty cache for `n_layers` layers of keys and values of width `d_model`.
   KvCache(std::size_t n_layers, std::size_t d_model);
+  /// Tokens held in every layer (counted by commit(), not by append()).
   std::size_t tokens() const { return tokens_; }
+  /// Layers cached.
   std::size_t n_layers() const { return k_.size(); }
+  /// Width of every key and value.
   std::size_t d_model() const { return d_model_; }
   /// Numbers held: 2 · n_layers · tokens · d_model (a key and a value per token per layer).
   std::size_t floats() const { return 2 * k_.size() * tokens_ * d_model_; }
@@ -94,6 +100,7 @@ class CachedDecoder {
   /// Run n new tokens (positions cache().tokens() ..) and cache their keys and values.
   /// @return (n, d_model) their final hidden states, the rows forward_full gives for them
   Mat step(const std::vector<int>& new_tokens);
+  /// The keys and values of every token run so far (cache().tokens() is the next position).
   const KvCache& cache() const { return cache_; }
   /// Forget every token after the first `n`.
   void truncate(std::size_t n) { cache_.truncate(n); }

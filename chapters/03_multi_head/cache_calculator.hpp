@@ -29,6 +29,7 @@ const char* kind_name(AttentionKind kind);
 struct ModelShape {
   std::string name;        ///< the file name without ".config.json" / ".json"
   std::string model_type;  ///< "llama", "deepseek_v2", ... ("" if absent)
+  /// MLA if kv_lora_rank is set, else MHA, GQA or MQA by kv_heads: what decides the cache formula
   AttentionKind kind = AttentionKind::MHA;
   std::size_t layers = 0;    ///< l: num_hidden_layers
   std::size_t heads = 0;     ///< n_h: num_attention_heads

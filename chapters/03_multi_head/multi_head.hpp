@@ -23,13 +23,15 @@ namespace mla::ch03 {
 /// this is MHA, with `1 < n_kv_heads < n_heads` GQA (n_g groups), with `n_kv_heads == 1` MQA.
 /// `n_heads` must be a multiple of `n_kv_heads`.
 struct MhaWeights {
-  std::size_t n_heads = 0, n_kv_heads = 0,
-              head_dim = 0;  ///< n_kv_heads: n_h (MHA), n_g (GQA), 1 (MQA)
-  Mat W_q;                   ///< (n_heads*head_dim, d_model)
-  Mat W_k;                   ///< (n_kv_heads*head_dim, d_model)
-  Mat W_v;                   ///< (n_kv_heads*head_dim, d_model)
-  Mat W_o;                   ///< (d_model, n_heads*head_dim)
+  std::size_t n_heads = 0,  ///< n_h: query heads
+      n_kv_heads = 0,       ///< key/value heads: n_h (MHA), n_g (GQA), 1 (MQA)
+      head_dim = 0;         ///< d_h, the width of every query, key and value head
+  Mat W_q;                  ///< (n_heads*head_dim, d_model)
+  Mat W_k;                  ///< (n_kv_heads*head_dim, d_model)
+  Mat W_v;                  ///< (n_kv_heads*head_dim, d_model)
+  Mat W_o;                  ///< (d_model, n_heads*head_dim)
 
+  /// Width of the layer's input and output (columns of W_q).
   std::size_t d_model() const { return W_q.shape(1); }
   /// Query heads per key/value head (the group size n_h / n_g).
   std::size_t group_size() const { return n_heads / n_kv_heads; }
@@ -51,6 +53,8 @@ Mat mha_forward(const Mat& x, const MhaWeights& w);
 /// Holds its own copy of the weights.
 class MhaDecoder {
  public:
+  /// Copies `w` (std::invalid_argument if its sizes are zero or do not divide); the cache starts
+  /// empty.
   explicit MhaDecoder(const MhaWeights& w);
   /// New tokens at positions cached_tokens() .. cached_tokens()+n-1, each seeing every cached
   /// token and the new ones before it.

@@ -35,13 +35,18 @@ struct LatentShape {
 /// h·(d_k + d_v), its d_k key rows (W_UK of head h) first, then its d_v value rows (W_UV of head
 /// h). split_kv_up() takes it apart into the paper's W^UK and W^UV.
 struct LatentWeights {
-  std::size_t heads = 0, d_k = 0, d_v = 0, d_c = 0;
-  Mat W_q;    ///< (heads·d_k, d_model): q = W^Q h
-  Mat W_dkv;  ///< (d_c, d_model): c_KV = W^DKV h, the down-projection (eq. 9)
+  std::size_t heads = 0,  ///< n_h
+      d_k = 0,            ///< per-head query/key width d_h
+      d_v = 0,            ///< per-head value width
+      d_c = 0;            ///< latent width: the numbers cached per token
+  Mat W_q;                ///< (heads·d_k, d_model): q = W^Q h
+  Mat W_dkv;              ///< (d_c, d_model): c_KV = W^DKV h, the down-projection (eq. 9)
   Mat W_ukv;  ///< (heads·(d_k + d_v), d_c): k^C = W^UK c_KV, v^C = W^UV c_KV (eqs. 10–11)
   Mat W_o;    ///< (d_model, heads·d_v): u = W^O [o_1; …; o_H]
 
+  /// Width of the layer's input and output (columns of W_q).
   std::size_t d_model() const { return W_q.shape(1); }
+  /// The sizes, for the functions that need only those.
   LatentShape shape() const { return {d_model(), heads, d_k, d_v, d_c}; }
   /// Throws std::invalid_argument naming the first matrix whose shape disagrees with the sizes.
   void check() const;
@@ -99,12 +104,15 @@ Mat latent_forward(const Mat& x, const LatentWeights& w);
 /// Grows by doubling, so appending a token costs O(d_c) amortized.
 class LatentCache {
  public:
+  /// An empty cache of latents `d_c` numbers wide.
   explicit LatentCache(std::size_t d_c = 0) : d_c_(d_c) {}
   /// Append n latents. @param c (n, d_c)
   void append(const Mat& c);
   /// Forget every token from position `tokens` on (a rollback: nothing is recomputed).
   void truncate(std::size_t tokens);
+  /// Tokens cached.
   std::size_t size() const { return size_; }
+  /// d_c, the numbers per token.
   std::size_t width() const { return d_c_; }
   /// Row-major (size(), d_c); valid until the next append.
   const float* data() const { return data_.data(); }
@@ -123,6 +131,7 @@ class LatentCache {
 /// Keeps a pointer to the weights: they must outlive the decoder.
 class LatentDecoder {
  public:
+  /// Checks `w` (LatentWeights::check) and keeps a pointer to it; the cache starts empty.
   explicit LatentDecoder(const LatentWeights& w);
   /// New tokens at positions cached_tokens() … cached_tokens() + n − 1.
   /// @param x_new (n, d_model) -> @return (n, d_model), the rows latent_forward gives there
@@ -137,9 +146,11 @@ class LatentDecoder {
   void append_latents(const Mat& c_kv) { cache_.append(c_kv); }
   /// Drop every token from position `tokens` on.
   void truncate(std::size_t tokens) { cache_.truncate(tokens); }
+  /// Tokens in the cache: the position of the next token.
   std::size_t cached_tokens() const { return cache_.size(); }
   /// Numbers held in the cache: d_c · cached_tokens().
   std::size_t cache_floats() const { return cache_.floats(); }
+  /// The latents of every cached token, (cached_tokens(), d_c).
   const LatentCache& cache() const { return cache_; }
 
  private:

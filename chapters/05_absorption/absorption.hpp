@@ -63,6 +63,7 @@ Mat absorbed_forward(const Mat& x, const ch04::LatentWeights& w);
 /// W^UV split out of W_ukv.
 class AbsorbedDecoder {
  public:
+  /// Checks `w` (ch04::LatentWeights::check); the cache starts empty.
   explicit AbsorbedDecoder(const ch04::LatentWeights& w);
   /// New tokens at positions cached_tokens() … cached_tokens() + n − 1.
   /// @param x_new (n, d_model) -> @return (n, d_model)
@@ -76,6 +77,7 @@ class AbsorbedDecoder {
   void append_latents(const Mat& c_kv) { cache_.append(c_kv); }
   /// Drop every token from position `tokens` on.
   void truncate(std::size_t tokens) { cache_.truncate(tokens); }
+  /// Tokens in the cache: the position of the next token.
   std::size_t cached_tokens() const { return cache_.size(); }
   /// Numbers held in the cache: d_c · cached_tokens(), as in chapter 4.
   std::size_t cache_floats() const { return cache_.floats(); }

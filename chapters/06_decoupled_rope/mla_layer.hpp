@@ -89,6 +89,9 @@ MlaConfig make_mla_config(std::size_t d_model, std::size_t heads, std::optional<
 /// output projection; they differ in what they cache and how they attend (attend()).
 class MlaLayer {
  public:
+  /// A layer for `batch` sequences, its caches empty. Checks `cfg` (check_mla_config) and the
+  /// weights' shapes against it (check_mla_weights); std::invalid_argument for null weights or a
+  /// zero batch. The weights are shared, not copied: every path can run on one set.
   MlaLayer(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch);
   virtual ~MlaLayer() = default;
   MlaLayer(const MlaLayer&) = delete;
@@ -103,14 +106,18 @@ class MlaLayer {
 
   /// Tokens cached per sequence (the position of the next token).
   std::size_t position() const { return position_; }
+  /// B: the sequences that advance together.
   std::size_t batch() const { return batch_; }
   /// Numbers cached per token of one sequence (naive: H·(d_qk + d_v); absorbed: d_c + d_rope).
   virtual std::size_t cache_floats_per_token() const = 0;
   /// Numbers held in all caches: batch() · position() · cache_floats_per_token().
   std::size_t cache_floats() const { return batch_ * position_ * cache_floats_per_token(); }
 
+  /// The config the layer was made with.
   const MlaConfig& config() const { return cfg_; }
+  /// The weights the layer runs on.
   const MlaWeights& weights() const { return *w_; }
+  /// The rotation of q_rope and k_rope: Rope::from_config(config()), YaRN when it is active.
   const Rope& rope() const { return rope_; }
   /// d_qk^-0.5 · m² (see mla_softmax_scale()).
   float softmax_scale() const { return scale_; }
@@ -132,12 +139,18 @@ class MlaLayer {
   virtual Mat attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::size_t S,
                      std::size_t start) = 0;
 
-  MlaConfig cfg_;
-  std::shared_ptr<const MlaWeights> w_;
-  std::size_t batch_;
-  Rope rope_;
-  float scale_;
-  std::size_t H_, d_nope_, d_rope_, d_qk_, d_v_, d_c_;
+  MlaConfig cfg_;                        ///< checked by the constructor
+  std::shared_ptr<const MlaWeights> w_;  ///< never null, shapes checked against cfg_
+  std::size_t batch_;                    ///< B
+  Rope rope_;                            ///< Rope::from_config(cfg_)
+  float scale_;                          ///< softmax_scale()
+
+  std::size_t H_,  ///< H = num_attention_heads
+      d_nope_,     ///< qk_nope_head_dim: the per-head features without position
+      d_rope_,     ///< qk_rope_head_dim: the rotated features (q_rope per head, k_rope shared)
+      d_qk_,       ///< d_nope + d_rope: per-head query width
+      d_v_,        ///< v_head_dim
+      d_c_;        ///< kv_lora_rank: the latent width
 
  private:
   std::size_t position_ = 0;
@@ -147,6 +160,7 @@ class MlaLayer {
 /// full per-head keys `[k_nope_h | RoPE(k_rope)]` (d_qk) and values (d_v), and cache those.
 class NaiveMla final : public MlaLayer {
  public:
+  /// As MlaLayer's constructor; each of the `batch` sequences gets empty K and V caches.
   NaiveMla(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch);
   std::size_t cache_floats_per_token() const override { return H_ * (d_qk_ + d_v_); }
 
@@ -186,7 +200,7 @@ using MlaLayerFactory = std::function<std::unique_ptr<MlaLayer>(
 struct MlaPath {
   std::string name;         ///< short, for tables and `--path`: "naive", "absorbed", ...
   std::string description;  ///< one line
-  MlaLayerFactory make;
+  MlaLayerFactory make;     ///< builds a layer of this path for (config, weights, batch)
   /// The smallest absolute tolerance this path can promise; a comparison uses the larger of it and
   /// the one asked for. 0 for exact-arithmetic paths; a lossy cache (bf16 rounds every cached
   /// number to 8 significant bits) states its own.

@@ -69,6 +69,7 @@ class Rope {
   /// The RoPE of an MLA layer: plain, or YaRN when yarn_active(cfg); dim() = qk_rope_head_dim.
   static Rope from_config(const MlaConfig& cfg);
 
+  /// Features rotated: two per frequency (an interleaved pair).
   std::size_t dim() const { return 2 * freqs_.size(); }
   /// (dim()/2) radians per position.
   const std::vector<float>& frequencies() const { return freqs_; }

@@ -25,20 +25,22 @@ namespace mla::ch06 {
 
 /// One test case, loaded and checked.
 struct GoldenCase {
-  std::string name;  ///< file stem, e.g. "mla_v3_yarn_tiny"
-  MlaConfig config;
-  std::size_t layer = 0;  ///< N of model.layers.N.self_attn.*
-  std::shared_ptr<const MlaWeights> weights;
-  Tensor3 prefill_input;   ///< (B, S, d_model) at positions 0..S-1
-  Tensor3 decode_input;    ///< (B, N, d_model), one token at a time at S..S+N-1
-  Tensor3 prefill_output;  ///< (B, S, d_model) expected
-  Tensor3 decode_output;   ///< (B, N, d_model) expected
+  std::string name;                           ///< file stem, e.g. "mla_v3_yarn_tiny"
+  MlaConfig config;                           ///< from NAME.config.json, validated
+  std::size_t layer = 0;                      ///< N of model.layers.N.self_attn.*
+  std::shared_ptr<const MlaWeights> weights;  ///< layer N's, shapes checked against config
+  Tensor3 prefill_input;                      ///< (B, S, d_model) at positions 0..S-1
+  Tensor3 decode_input;                       ///< (B, N, d_model), one token at a time at S..S+N-1
+  Tensor3 prefill_output;                     ///< (B, S, d_model) expected
+  Tensor3 decode_output;                      ///< (B, N, d_model) expected
   std::optional<double> reference_softmax_scale;  ///< `__metadata__.softmax_scale`, if present
 };
 
 /// The two files of a case.
 struct CaseFiles {
-  std::string name, config, weights;
+  std::string name,  ///< NAME, the file stem shared by both
+      config,        ///< path of NAME.config.json
+      weights;       ///< path of NAME.safetensors
 };
 
 /// `dir/NAME.safetensors` for `dir/NAME.config.json` (else `<config path minus
@@ -64,12 +66,14 @@ GoldenCase load_golden_case(const std::string& config_path, const std::string& w
 
 /// One row of the verification table.
 struct VerifyRow {
-  std::string case_name, path, phase;  ///< phase: "prefill" or "decode"
-  std::size_t tokens = 0;              ///< tokens per sequence in this phase
-  Comparison cmp;                      ///< against the case's expected output
-  double seconds = 0;                  ///< time of the phase
-  double tolerance = 0;                ///< the tolerance applied: max(asked, path's min_tolerance)
-  bool pass = false;                   ///< cmp finite and cmp.max_abs <= tolerance
+  std::string case_name,   ///< GoldenCase::name
+      path,                ///< MlaPath::name
+      phase;               ///< "prefill" or "decode"
+  std::size_t tokens = 0;  ///< tokens per sequence in this phase
+  Comparison cmp;          ///< against the case's expected output
+  double seconds = 0;      ///< time of the phase
+  double tolerance = 0;    ///< the tolerance applied: max(asked, path's min_tolerance)
+  bool pass = false;       ///< cmp finite and cmp.max_abs <= tolerance
 };
 
 /// Run `c` through every path (prefill in one call, then decode token by token, as the case was

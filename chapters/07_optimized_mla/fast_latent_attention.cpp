@@ -81,6 +81,8 @@ ch06::LatentAttentionFactory fast_latent_attention_factory(int threads) {
   };
 }
 
+/// The factory of make_bf16_latent_attention, for chapter 6's layer: every sequence's core on a
+/// bf16 cache (mla_decode_v6), split over `threads` threads (0 = every hardware thread).
 ch06::LatentAttentionFactory bf16_latent_attention_factory(int threads) {
   return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
     return make_bf16_latent_attention(heads, d_c, d_r, threads);

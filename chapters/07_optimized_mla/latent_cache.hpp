@@ -61,7 +61,7 @@ class LatentCache {
   std::size_t d_r() const { return d_r_; }                ///< rope-key width
   std::size_t lat_stride() const { return lat_stride_; }  ///< d_c rounded up to 16
   std::size_t stride() const { return stride_; }          ///< numbers per row, padding included
-  CacheType type() const { return type_; }
+  CacheType type() const { return type_; }                ///< F32 or BF16 elements
   /// Tiles holding tokens.
   std::size_t tiles() const { return (size_ + kTileTokens - 1) / kTileTokens; }
   /// Tokens in tile i (kTileTokens except maybe the last).

@@ -27,7 +27,11 @@ namespace mla::ch07 {
 
 /// Sizes of one decode step of one layer (DeepSeek-V3 defaults: H = 128, d_c = 512, d_r = 64).
 struct MlaProblem {
-  std::size_t batch = 1, heads = 128, context = 4096, d_c = 512, d_r = 64;
+  std::size_t batch = 1,  ///< B: sequences decoded together
+      heads = 128,        ///< H: query heads, all reading the same latent cache
+      context = 4096,     ///< T: tokens cached per sequence
+      d_c = 512,          ///< latent width (kv_lora_rank)
+      d_r = 64;           ///< rope-key width (qk_rope_head_dim)
 };
 
 /// FLOPs of one absorbed decode step: per (sequence, head, token) a score over d_c + d_r numbers
@@ -39,21 +43,26 @@ double mla_bytes(const MlaProblem& p, CacheType type);
 
 /// Sizes of one MHA decode step with the same number of heads (key width d_k, value width d_v).
 struct MhaProblem {
-  std::size_t batch = 1, heads = 128, context = 4096, d_k = 128, d_v = 128;
+  std::size_t batch = 1,  ///< B: sequences decoded together
+      heads = 128,        ///< H: heads, each with its own K and V
+      context = 4096,     ///< T: tokens cached per sequence
+      d_k = 128,          ///< key width per head
+      d_v = 128;          ///< value width per head
 };
 double mha_flops(const MhaProblem& p);  ///< 2 d_k + 2 d_v per (sequence, head, token)
 double mha_bytes(const MhaProblem& p);  ///< every K and V number once, 4 bytes each
 
 /// The inputs of one MLA decode step, the same numbers in each layout a kernel reads.
 struct MlaInputs {
-  MlaProblem dims;
-  float scale = 1.0f;
+  MlaProblem dims;                ///< the sizes these inputs were made for
+  float scale = 1.0f;             ///< softmax scale, applied to every score
   std::vector<float> q_lat;       ///< (B, H, d_c)
   std::vector<float> q_rope;      ///< (B, H, d_r)
   std::vector<float> flat;        ///< (B, T, d_c + d_r) rows [c_kv | k_rope]: v1, v2, blas
   std::vector<LatentCache> f32;   ///< B tiled caches: v3, v4, v5
   std::vector<LatentCache> bf16;  ///< B tiled bf16 caches: v6 (empty if not asked for)
-  std::vector<SeqRef> seqs_f32, seqs_bf16;  ///< (cache, T) per sequence
+  std::vector<SeqRef> seqs_f32,   ///< (B): each f32 cache with its T tokens
+      seqs_bf16;                  ///< (B): each bf16 cache with its T tokens (empty if no bf16)
 
   /// Random inputs: unit-variance cache entries, queries of std 1, scale 1/sqrt(d_nope + d_r)
   /// with d_nope = 128 (DeepSeek's). A fast generator, so that gigabyte caches fill in seconds.
@@ -66,22 +75,28 @@ struct MlaInputs {
 
 /// The inputs of one MHA decode step.
 struct MhaInputs {
-  MhaProblem dims;
-  float scale = 1.0f;
-  std::vector<float> q;  ///< (B, H, d_k)
-  std::vector<MhaCache> caches;
+  MhaProblem dims;               ///< the sizes these inputs were made for
+  float scale = 1.0f;            ///< softmax scale, 1/sqrt(d_k)
+  std::vector<float> q;          ///< (B, H, d_k)
+  std::vector<MhaCache> caches;  ///< B caches of T tokens, H heads each
+
+  /// Random inputs: unit-variance queries and cache entries, scale 1/sqrt(d_k). The fast
+  /// generator of MlaInputs::random, so that a 4 GB MHA cache fills in seconds.
   static MhaInputs random(const MhaProblem& p, std::uint64_t seed);
+  /// The arguments of a step writing to `out` (B, H, d_v).
   MhaArgs args(float* out, int threads) const;
 };
 
 /// One kernel of the menu, runnable on MlaInputs or MhaInputs.
 struct Kernel {
-  std::string name;     ///< "v1".."v6", "mha_v1", "mha_v2", "blas"
-  std::string summary;  ///< one line: what changed
-  bool mha = false;     ///< reads MhaInputs (else MlaInputs)
-  bool threaded = false;
-  CacheType dtype = CacheType::F32;
+  std::string name;                  ///< "v1".."v6", "mha_v1", "mha_v2", "blas"
+  std::string summary;               ///< one line: what changed
+  bool mha = false;                  ///< reads MhaInputs (else MlaInputs)
+  bool threaded = false;             ///< uses RunOptions::threads (else runs on one thread)
+  CacheType dtype = CacheType::F32;  ///< the cache an MLA kernel reads: F32, or BF16 (v6)
+  /// Runs an MLA kernel (mha false): writes (B, H, d_c) to `out`, on `threads` threads if threaded.
   void (*run_mla)(const MlaInputs&, float* out, int threads) = nullptr;
+  /// Runs an MHA kernel (mha true): writes (B, H, d_v) to `out`, on `threads` threads if threaded.
   void (*run_mha)(const MhaInputs&, float* out, int threads) = nullptr;
 };
 
@@ -92,11 +107,13 @@ const Kernel* find_kernel(const std::string& name);
 
 /// Bytes of memory the inputs of a problem need (for mla::check_memory before allocating).
 double mla_inputs_bytes(const MlaProblem& p, bool with_bf16);
+/// The same for MHA: mha_bytes(p), the cache, the queries and the output.
 double mha_inputs_bytes(const MhaProblem& p);
 
 /// v1 on a subset of heads: `heads` (indices) of every sequence; out (B, heads.size(), d_c).
 /// Validates the fast kernels at sizes where v1 on every head would take too long.
 void reference_heads(const MlaInputs& in, const std::vector<std::size_t>& heads, float* out);
+/// The same for MHA: mha_v1's arithmetic on `heads` only; out (B, heads.size(), d_v).
 void reference_mha_heads(const MhaInputs& in, const std::vector<std::size_t>& heads, float* out);
 
 /// @}

@@ -17,11 +17,16 @@ namespace mla::ch07 {
 /// @addtogroup ch07
 /// @{
 
+/// @name Validation tolerances
 /// Tolerances of the validation, llm.c style: |x − ref| ≤ atol + rtol·|ref| for every element.
 /// fp32 kernels only add in another order; a bf16 cache rounds every cached number to 8
 /// significant bits (relative error ≤ 2⁻⁹), which moves scores and outputs by about 10⁻³.
-inline constexpr double kF32Atol = 1e-4, kF32Rtol = 1e-3;
-inline constexpr double kBf16Atol = 1e-2, kBf16Rtol = 1e-2;
+/// @{
+inline constexpr double kF32Atol = 1e-4,   ///< atol of the fp32 kernels
+    kF32Rtol = 1e-3;                       ///< rtol of the fp32 kernels
+inline constexpr double kBf16Atol = 1e-2,  ///< atol of the kernels on a bf16 cache
+    kBf16Rtol = 1e-2;                      ///< rtol of the kernels on a bf16 cache
+/// @}
 
 /// How to run a set of kernels.
 struct RunOptions {
@@ -34,16 +39,18 @@ struct RunOptions {
 
 /// One kernel's outcome.
 struct KernelResult {
-  std::string impl;
-  std::string dtype;  ///< "f32" or "bf16"
-  int threads = 1;
-  bool timed = false;
-  double ms = 0.0, gflops = 0.0, gbps = 0.0;
-  bool compute_bound = true;  ///< which limit binds (arithmetic intensity vs machine balance)
-  double pct_peak = 0.0;      ///< % of the binding limit
-  double speedup_v1 = 0.0;    ///< v1's time / this time (0: v1 not timed)
-  Comparison check;           ///< against the reference
-  bool valid = false;
+  std::string impl;    ///< Kernel::name
+  std::string dtype;   ///< "f32" or "bf16"
+  int threads = 1;     ///< RunOptions::threads if the kernel is threaded, else 1
+  bool timed = false;  ///< false for v1 (mha_v1) above RunOptions::v1_max_gflop: too slow to time
+  double ms = 0.0,     ///< median time of one step, milliseconds
+      gflops = 0.0,    ///< achieved GFLOP/s: mla_flops (mha_flops) over the median time
+      gbps = 0.0;      ///< achieved GB/s: mla_bytes (mha_bytes) over the median time
+  bool compute_bound = true;    ///< which limit binds (arithmetic intensity vs machine balance)
+  double pct_peak = 0.0;        ///< % of the binding limit
+  double speedup_v1 = 0.0;      ///< v1's time / this time (0: v1 not timed)
+  Comparison check;             ///< against the reference
+  bool valid = false;           ///< matched the reference within the tolerances (a mismatch throws)
   std::string checked_against;  ///< "v1" or "v1 on heads 0, 63, 127"
 };
 

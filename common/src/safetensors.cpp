@@ -282,15 +282,17 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
 // SafeTensors
 // =============================================================================================
 
+/// What a SafeTensors holds: the file's bytes (mapped or owned) and its validated header. Behind
+/// a pointer, so the public header needs no POSIX headers and a move copies one pointer.
 struct SafeTensors::Impl {
-  std::string origin;
-  std::vector<std::uint8_t> owned;  // from_bytes: the file's bytes
-  void* map = nullptr;              // open: the read-only mapping of the whole file
-  std::size_t map_len = 0;
-  const std::uint8_t* data = nullptr;  // start of the data section
-  std::size_t data_size = 0;
-  std::map<std::string, TensorInfo> tensors;
-  nlohmann::json metadata = nlohmann::json::object();
+  std::string origin;                  ///< path or from_bytes origin: what every error starts with
+  std::vector<std::uint8_t> owned;     ///< from_bytes: the file's bytes
+  void* map = nullptr;                 ///< open: the read-only mapping of the whole file
+  std::size_t map_len = 0;             ///< bytes mapped, for munmap
+  const std::uint8_t* data = nullptr;  ///< start of the data section
+  std::size_t data_size = 0;           ///< bytes of the data section, which the tensors tile
+  std::map<std::string, TensorInfo> tensors;           ///< the header's entries, by name
+  nlohmann::json metadata = nlohmann::json::object();  ///< "__metadata__", string -> string
 
   Impl() = default;
   Impl(const Impl&) = delete;
@@ -369,6 +371,7 @@ struct SafeTensors::Impl {
                        "-byte data section belong to no tensor (truncated header or extra data)");
   }
 
+  /// The entry of `name`; InputError "<origin>: no tensor '<name>'" if there is none.
   const TensorInfo& info(const std::string& name) const {
     auto it = tensors.find(name);
     if (it == tensors.end()) throw InputError(origin + ": no tensor " + quote_name(name));

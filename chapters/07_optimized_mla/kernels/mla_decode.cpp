@@ -17,8 +17,9 @@
 //           speed. One thread.
 // version 5 splits the work over threads: items (sequence, head block, chunk of the cache), each
 //           computing a partial softmax (max, sum, unnormalized output) that a log-sum-exp combine
-//           merges. Below one SIMD vector of heads (8 with AVX2) there is no head block to fill,
-//           so items run v3's per-head tiles instead: that regime is memory-bound anyway.
+//           merges. Below one SIMD vector of heads (8 with AVX2, 16 with AVX-512) there is no
+//           head block to fill, so items run v3's per-head tiles instead: that regime is
+//           memory-bound anyway.
 // version 6 is v5 on a bf16 cache: half the bytes per cached number, every sum still in float.
 //           It pays where the step is memory-bound (few heads, long contexts). Where the CPU has
 //           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.

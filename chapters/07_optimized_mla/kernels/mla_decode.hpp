@@ -35,8 +35,8 @@ struct DecodeArgs {
 /// One sequence as the tiled kernels see it: its cache, and how many of its tokens to attend to
 /// (a prefix: `length <= cache->size()`, so a causal query sees only the tokens before it).
 struct SeqRef {
-  const LatentCache* cache = nullptr;
-  std::size_t length = 0;
+  const LatentCache* cache = nullptr;  ///< the sequence's cache, not owned
+  std::size_t length = 0;              ///< T: tokens attended to, the first `length` of the cache
 };
 
 /// x · y over n floats (any alignment) with xsimd and four accumulators, so four FMAs are in flight
@@ -62,8 +62,9 @@ void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a);
 /// call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
-/// True if v6 uses AVX512_BF16 dot products (compiled with __AVX512BF16__ and the CPU has them);
-/// otherwise it widens bf16 to float with shifts (the portable path).
+/// True if v6's per-head path computes its scores with AVX512_BF16's vdpbf16ps (built by GCC on
+/// x86-64, and the CPU reports avx512bf16 at run time); otherwise it widens bf16 to float with
+/// shifts (the portable path). The head-blocked path (a SIMD vector of heads or more) widens.
 bool bf16_dot_products_available();
 
 /// @}

@@ -11,7 +11,7 @@ namespace mla::ch07 {
 
 /// The ceilings a kernel is measured against, on a given number of threads.
 struct MachinePeak {
-  int threads = 1;
+  int threads = 1;      ///< threads the ceilings were measured on
   double gflops = 0.0;  ///< fp32 FMA throughput, GFLOP/s (an FMA counts 2 FLOPs)
   double gbps = 0.0;    ///< read bandwidth from DRAM, GB/s (10⁹ bytes)
   /// Machine balance: FLOPs the cores can do per byte DRAM delivers. A kernel with more
@@ -30,12 +30,14 @@ double measure_read_gbps(int threads, std::size_t bytes = std::size_t{1} << 29, 
 /// Both, on `threads` threads.
 MachinePeak measure_peak(int threads);
 
-/// Which limit binds a kernel of `flops` and `bytes` per call on this machine, and how close it
-/// gets: the fraction (0..1) of peak FLOP/s if flops/bytes > balance, else of peak bandwidth.
+/// Which limit binds a kernel, and how close the kernel gets to it.
 struct Bound {
-  bool compute = true;
-  double fraction = 0.0;
+  bool compute = true;    ///< true: compute-bound (FLOP/s), false: bandwidth-bound (GB/s)
+  double fraction = 0.0;  ///< achieved / peak of the binding limit (0..1)
 };
+/// Which limit binds a kernel of `flops` and `bytes` per call on this machine, and how close it
+/// gets in `seconds` per call: the fraction (0..1) of peak FLOP/s if flops/bytes > balance, else
+/// of peak bandwidth.
 Bound binding_limit(double flops, double bytes, double seconds, const MachinePeak& peak);
 
 /// @}

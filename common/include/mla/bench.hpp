@@ -28,9 +28,9 @@ inline void do_not_optimize(const T& value) {
 
 /// Timing of one piece of work.
 struct Timing {
-  double median = 0.0;  ///< seconds, median over the runs
-  double min = 0.0;     ///< seconds, fastest run
-  std::size_t runs = 0;
+  double median = 0.0;   ///< seconds, median over the runs
+  double min = 0.0;      ///< seconds, fastest run
+  std::size_t runs = 0;  ///< timed runs (each the mean of its repetitions of the work)
 };
 
 /// Run `fn` `warmup` times untimed, then `runs` times timed; return the median and the minimum.

@@ -42,6 +42,7 @@ Comparison compare(const A& a, const B& ref) {
 /// that the reference does not also have.
 bool allclose(const float* a, const float* ref, std::size_t n, double atol, double rtol);
 
+/// allclose() of two containers with `.size()` and `.data()`; false if the sizes differ.
 template <class A, class B>
 bool allclose(const A& a, const B& ref, double atol, double rtol) {
   return a.size() == ref.size() && allclose(a.data(), ref.data(), a.size(), atol, rtol);

@@ -1,9 +1,8 @@
 /// @file exercise.hpp
 /// @brief Exercise mode: with `-DMLA_EXERCISES=ON` (preset `exercises`) each chapter's key
-/// functions
-///        are replaced by stubs that throw, so the chapter's tests fail with a message that says
-///        which exercise to do, until the learner fills the function in. `-DMLA_EXERCISES_FROM=5`
-///        keeps chapters 1-4 solved and starts the exercises at chapter 5.
+///        functions are replaced by stubs that throw, so the chapter's tests fail with a message
+///        that says which exercise to do, until the learner fills the function in.
+///        `-DMLA_EXERCISES_FROM=5` keeps chapters 1-4 solved and starts the exercises at chapter 5.
 ///
 /// A chapter marks a key function like this:
 /// @code
@@ -21,6 +20,8 @@
 #include <string>
 
 #ifndef MLA_EXERCISES
+/// 1 where CMake builds a chapter's library in exercise mode (`-DMLA_EXERCISES=ON`, chapter >=
+/// MLA_EXERCISES_FROM), else 0: key functions test it to compile their stub, not their solution.
 #define MLA_EXERCISES 0
 #endif
 

@@ -19,6 +19,7 @@ inline constexpr std::uint64_t kDefaultSeed = 42;
 /// The same seed gives the same tensors on every run of the same build.
 class Rng {
  public:
+  /// A generator whose draws depend only on `seed`.
   explicit Rng(std::uint64_t seed = kDefaultSeed) : gen_(seed) {}
 
   /// One draw from N(0, std²).
@@ -34,6 +35,8 @@ class Rng {
   /// scale of `x` when x has unit-variance entries (LeCun / "fan-in" initialization).
   Mat linear_weight(std::size_t out, std::size_t in);
 
+  /// The underlying engine, for other distributions (e.g. random token ids); drawing from it
+  /// advances this generator's stream.
   std::mt19937_64& engine() { return gen_; }
 
  private:

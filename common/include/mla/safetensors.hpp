@@ -55,10 +55,11 @@ std::uint16_t float_to_f16(float x);
 
 /// One tensor as the header describes it.
 struct TensorInfo {
-  std::string name;
-  DType dtype = DType::F32;
+  std::string name;                ///< the header's key
+  DType dtype = DType::F32;        ///< Other for any dtype but F32, F16, BF16 (see dtype_name)
   std::vector<std::size_t> shape;  ///< [] for a scalar
-  std::size_t begin = 0, end = 0;  ///< byte range [begin, end) within the data section
+  std::size_t begin = 0,           ///< first byte, from the start of the data section
+      end = 0;                     ///< one past the last byte: the range is [begin, end)
   std::string dtype_name;          ///< as the file spells it: "BF16", "I64", "F8_E4M3", ...
   /// Number of elements: the product of shape (1 for a scalar).
   std::size_t numel() const;
@@ -77,7 +78,10 @@ class SafeTensors {
   /// The same from bytes in memory (tests, fuzzing); `origin` names them in error messages.
   static SafeTensors from_bytes(std::vector<std::uint8_t> bytes, const std::string& origin);
 
+  /// Takes over the mapping (or buffer); the moved-from object may only be destroyed or
+  /// assigned to.
   SafeTensors(SafeTensors&&) noexcept;
+  /// Takes over the mapping (or buffer), unmapping (or freeing) this object's own.
   SafeTensors& operator=(SafeTensors&&) noexcept;
   SafeTensors(const SafeTensors&) = delete;
   SafeTensors& operator=(const SafeTensors&) = delete;
@@ -180,10 +184,10 @@ class Checkpoint {
 /// One tensor to write: values are float and stored as `dtype` (F32, BF16 or F16; rounding to
 /// nearest even). values.size() must equal the product of shape.
 struct TensorData {
-  std::string name;
-  DType dtype = DType::F32;
-  std::vector<std::size_t> shape;
-  std::vector<float> values;
+  std::string name;                ///< its key in the header
+  DType dtype = DType::F32;        ///< how values are stored: F32, BF16 or F16
+  std::vector<std::size_t> shape;  ///< [] for a scalar
+  std::vector<float> values;       ///< row-major, as many as the product of shape
 };
 
 /// The bytes of a valid safetensors file holding `tensors` (in that order) and `metadata`.

@@ -15,12 +15,15 @@ namespace mla {
 /// `write_csv` saves the same rows, so the plots and the terminal show the same data.
 class Table {
  public:
+  /// An empty table with these column titles.
   explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}
   /// Append one row; it must have as many cells as the header.
   void add(std::vector<std::string> row);
+  /// The header, a line of dashes, then the rows; every column as wide as its widest cell.
   void print(std::ostream& os) const;
   /// Write header and rows as CSV to `path` (creating its folder); throws on failure.
   void write_csv(const std::string& path) const;
+  /// Rows added (the header not counted).
   std::size_t rows() const { return rows_.size(); }
 
  private:
@@ -28,8 +31,9 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
-/// Format a number with `digits` significant digits ("%.*g"), or fixed decimals with `fixed`.
+/// A number with `digits` significant digits ("%.*g"): 0.0123456 -> "0.01235".
 std::string num(double v, int digits = 4);
+/// A number with `decimals` digits after the point ("%.*f"): 3.14159 -> "3.14".
 std::string fixed(double v, int decimals = 2);
 /// An integer with thousands separators: 3997696 -> "3,997,696".
 std::string grouped(long long v);
