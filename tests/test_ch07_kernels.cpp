@@ -93,7 +93,7 @@ TEST_CASE("every MLA decode version equals v1 on odd and DeepSeek shapes, 1 and 
 TEST_CASE(
     "the bf16 cache (v6) equals v1 on the rounded cache, and fp32 v1 within the bf16 tolerance",
     "[ch07]") {
-  // Shapes with fewer heads than a SIMD vector take the per-head path, which computes its scores
+  // Shapes with fewer than 8 heads take the per-head path, which computes its scores
   // with vdpbf16ps where the CPU has AVX512_BF16.
   INFO("vdpbf16ps on this CPU: " << (bf16_dot_products_available() ? "yes" : "no"));
   for (const MlaProblem& p : shapes()) {

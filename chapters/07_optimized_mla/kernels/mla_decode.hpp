@@ -64,7 +64,7 @@ void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
 /// True if v6's per-head path computes its scores with AVX512_BF16's vdpbf16ps (built by GCC on
 /// x86-64, and the CPU reports avx512bf16 at run time); otherwise it widens bf16 to float with
-/// shifts (the portable path). The head-blocked path (a SIMD vector of heads or more) widens.
+/// shifts (the portable path). The head-blocked path (8 heads or more) always widens.
 bool bf16_dot_products_available();
 
 /// @}
