@@ -43,6 +43,9 @@ def main():
     parser.add_argument("--context", type=positive, default=4096, help="cached tokens T")
     parser.add_argument("--batch", type=positive, default=1, help="sequences B")
     parser.add_argument("--threads", type=positive, default=1, help="torch.set_num_threads")
+    parser.add_argument("--blas-threads", type=positive, default=None,
+                        help="threads of the BLAS that torch's matrix products call "
+                             "(default: --threads)")
     parser.add_argument("--kv-lora-rank", type=positive, default=512, help="latent width d_c")
     parser.add_argument("--rope-dim", type=positive, default=64, help="rope key width d_r")
     parser.add_argument("--runs", type=positive, default=21, help="timed runs (median)")
@@ -50,11 +53,14 @@ def main():
     args = parser.parse_args()
 
     # Debian's PyTorch does its matrix products in the system BLAS (OpenBLAS here), whose thread
-    # pool ignores torch.set_num_threads: without these, "--threads 1" would run on every core
-    # and "--threads 2" would run 2 OpenMP threads each starting OpenBLAS threads. They must be
-    # set before torch (and with it OpenBLAS) is loaded.
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    # pool ignores torch.set_num_threads: left alone, "--threads 1" would still multiply on every
+    # core. So both counts are set, before torch (and with it OpenBLAS) is loaded. Measured here:
+    # the fastest split on 2 cores is --threads 1 --blas-threads 2; with 2 and 2 the two pools
+    # fight over the cores and a step takes about twice as long.
+    blas_threads = args.blas_threads or args.threads
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(blas_threads)
     try:
         import torch
     except ImportError:
@@ -100,14 +106,16 @@ def main():
 
     ms = statistics.median(times) * 1e3
     flops = B * H * T * (2 * (d_c + d_r) + 2 * d_c)  # the same count as mla_bench's
-    row = {"impl": "torch_eager", "heads": H, "context": T, "batch": B, "threads": args.threads,
+    row = {"impl": "torch_eager", "heads": H, "context": T, "batch": B,
+           "threads": max(args.threads, blas_threads), "blas_threads": blas_threads,
            "dtype": "f32", "ms": round(ms, 4), "gflops": round(flops / ms / 1e6, 3),
            "gbps": round(cache_bytes / ms / 1e6, 4), "torch": torch.__version__}
     if args.json:
         print(json.dumps(row))
     else:
         print(f"PyTorch {torch.__version__} eager, DeepSeek's absorbed einsums: B={B} H={H} T={T} "
-              f"d_c={d_c} d_r={d_r}, {args.threads} thread(s); max abs error vs float64 {err:.2e}")
+              f"d_c={d_c} d_r={d_r}, {args.threads} thread(s), {blas_threads} BLAS thread(s); "
+              f"max abs error vs float64 {err:.2e}")
         print(f"{ms:.3f} ms/step, {row['gflops']} GFLOP/s, {row['gbps']} GB/s")
     return 0
 

@@ -20,8 +20,9 @@ struct MachinePeak {
 };
 
 /// FMA peak: every thread runs a loop of independent FMAs on SIMD registers (12 accumulators,
-/// more than latency × issue width, so the FMA units never wait). Best of `reps` runs.
-double measure_fma_gflops(int threads, int reps = 9);
+/// more than latency × issue width, so the FMA units never wait). Best of `reps` runs of about
+/// 15 ms: many, because on a shared host one run in a few loses a core for a while.
+double measure_fma_gflops(int threads, int reps = 25);
 
 /// Read bandwidth: every thread sums its share of a buffer of `bytes` (far larger than the last
 /// level cache) with SIMD loads. Best of `reps` passes.
