@@ -146,6 +146,12 @@ TEST_CASE("bf16 conversion rounds to nearest even and keeps NaN", "[ch07]") {
     REQUIRE(from_bf16(hi) + (from_bf16(mid) + from_bf16(lo)) == f);
   }
   std::uint16_t hi = 0, mid = 1, lo = 1;
+  for (float f : {std::numeric_limits<float>::max(), -3.3961e38f, 1.0f + std::ldexp(1.0f, -23),
+                  std::ldexp(1.2345f, -100), -std::ldexp(1.0f, 127)}) {
+    split_bf16(f, hi, mid, lo);  // near FLT_MAX the parts must not round up to Inf
+    INFO(f);
+    CHECK(from_bf16(hi) + (from_bf16(mid) + from_bf16(lo)) == f);
+  }
   split_bf16(std::numeric_limits<float>::infinity(), hi, mid, lo);
   CHECK((std::isinf(from_bf16(hi)) && mid == 0 && lo == 0));
   split_bf16(std::numeric_limits<float>::quiet_NaN(), hi, mid, lo);

@@ -44,20 +44,25 @@ inline float round_bf16(float f) {
   return from_bf16(to_bf16(f));
 }
 
-/// Split `f` into three bf16 numbers with f == hi + mid + lo: each part is the bf16 rounding of
-/// what the parts before it left over, and 3 × 8 significant bits hold a float's 24. (Exact for
-/// every float whose last part is not below bf16's normal range, about 1e-38 · 2^16; kernels that
-/// flush denormals lose only that remainder.) It lets an instruction that multiplies bf16 numbers
-/// (vdpbf16ps) take an fp32 operand without rounding it.
+/// Split `f` into three bf16 numbers with f == hi + mid + lo exactly: hi is f cut to its upper
+/// 16 bits (truncated, so a finite f never rounds up to Inf), mid the bf16 rounding of what is
+/// left (at most 16 significant bits), lo the rest (at most 8, so it fits). 3 × 8 significant bits
+/// hold a float's 24. It lets an instruction that multiplies bf16 numbers (vdpbf16ps) take an fp32
+/// operand without rounding it. Inf and NaN come back as hi alone. vdpbf16ps treats bf16
+/// subnormals as zero, so there the split is exact for |f| ≥ 2^-103 (about 1e-31, where lo is
+/// still a normal number); below that it loses at most that remainder.
 inline void split_bf16(float f, std::uint16_t& hi, std::uint16_t& mid, std::uint16_t& lo) {
-  hi = to_bf16(f);
-  if (!std::isfinite(from_bf16(hi))) {  // Inf or NaN (or a float that rounds up to Inf) stays so
+  if (!std::isfinite(f)) {
+    hi = to_bf16(f);  // keeps a NaN a NaN (truncating could turn some NaNs into Inf)
     mid = lo = 0;
     return;
   }
-  const float r1 = f - from_bf16(hi);  // exact: hi is f's nearest bf16
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  hi = static_cast<std::uint16_t>(u >> 16);
+  const float r1 = f - from_bf16(hi);  // exact: the lower 16 bits of f
   mid = to_bf16(r1);
-  lo = to_bf16(r1 - from_bf16(mid));
+  lo = to_bf16(r1 - from_bf16(mid));  // exact, and exactly a bf16
 }
 
 /// Load one batch (`xsimd::batch<float>::size` numbers) of bf16 values from `p` as floats.

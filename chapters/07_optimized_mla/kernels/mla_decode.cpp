@@ -322,8 +322,8 @@ void head_tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std:
 }
 
 // AVX512_BF16: vdpbf16ps multiplies 32 pairs of bf16 numbers and adds them into 16 floats in
-// one instruction, twice the products of an fp32 FMA. Compiled through a target attribute (so
-// this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
+// one instruction, straight from the bf16 cache (no widening). Compiled through a target attribute
+// (so this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
 //
 // Both operands must be bf16, but only the cache may lose precision: the query stays exact by
 // being split into three bf16 numbers, q = q_hi + q_mid + q_lo (split_bf16 below: each part is
@@ -430,11 +430,15 @@ namespace {
 // vector holds 16 lanes and the heads fill it without padding, 32 heads (2 AVX-512 vectors):
 // every broadcast cached number then feeds two FMAs instead of one, which measured about 10%
 // faster in the micro-kernel alone (111 vs 101 GFLOP/s of a 117 GFLOP/s core).
-constexpr std::size_t kNarrowGroup = 16;
-constexpr std::size_t kWideGroup = std::max<std::size_t>(16, 2 * W);
+// (With SSE's 4 lanes both are 8 heads, 2 vectors: 16 heads would need 17 of its 16 registers.)
+constexpr std::size_t kNarrowGroup = W >= 8 ? 16 : 2 * W;
+constexpr std::size_t kWideGroup = std::max<std::size_t>(kNarrowGroup, 2 * W);
 template <std::size_t G>
 constexpr std::size_t kHeadVecs = G / W;
-static_assert(kNarrowGroup % W == 0, "a head group is a whole number of SIMD vectors");
+static_assert(kNarrowGroup % W == 0 && kWideGroup % kNarrowGroup == 0,
+              "a head group is a whole number of SIMD vectors");
+static_assert(12 % kHeadVecs<kNarrowGroup> == 0 && 12 % kHeadVecs<kWideGroup> == 0,
+              "12 accumulators split evenly over the vectors of a group");
 // Heads per block: 64 keeps the packed queries (576 × 64 floats = 144 KiB), the output
 // accumulators (512 × 64 = 128 KiB) and a tile (144 KiB) together in a 512 KiB L2 cache.
 constexpr std::size_t kMaxHeadBlock = 64;
@@ -651,7 +655,7 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
   std::copy(L, L + hb, po + hb * lat + hb);
 }
 
-// The per-head path for few heads (below one SIMD vector of heads): tiles outer, heads inner,
+// The per-head path for few heads (below kPerHeadBelow): tiles outer, heads inner,
 // so each tile comes from memory once and from L1/L2 for the other heads.
 template <class Elem>
 void run_heads_per_tile(const LatentCache& cache, std::size_t length, const DecodeArgs& a,

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <vector>
 
+#include <omp.h>
+
 #include <xsimd/xsimd.hpp>
 
 #include "mla/bench.hpp"
@@ -103,7 +105,8 @@ MachinePeak measure_peak(int threads) {
   p.gflops = measure_fma_gflops(threads);
   // n threads on n cores do n times one core's FMAs; far less means a core was taken away while
   // the probe ran (a shared host), and every "% of peak" would come out too high: measure again.
-  if (threads > 1) {
+  // (Only with no more threads than processors: beyond that, n threads cannot do n times.)
+  if (threads > 1 && threads <= omp_get_num_procs()) {
     const double single = measure_fma_gflops(1, 5);
     for (int retry = 0; retry < 3 && p.gflops < 0.6 * threads * single; ++retry) {
       p.gflops = std::max(p.gflops, measure_fma_gflops(threads));
