@@ -530,6 +530,8 @@ struct Workspace {
   AlignedVec ftile;        // (kTileTokens, stride) a bf16 tile widened to float
   AlignedVec acc;          // per-head path: (heads, lat_stride)
   AlignedVec q;            // per-head path: (heads, stride)
+  std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>>
+      q16;  // per-head path with vdpbf16ps: (heads, 3, stride) the query split in bf16 parts
 };
 
 Workspace& workspace() {
@@ -677,13 +679,12 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
   // A bf16 cache on a CPU with AVX512_BF16: scores with vdpbf16ps on the query split into three
   // bf16 parts, q16: (nh, 3, stride).
   bool dpbf16 = false;
-  std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>> q16;
   if constexpr (std::is_same_v<Elem, std::uint16_t>) {
     dpbf16 = cpu_has_dpbf16();
     if (dpbf16) {
-      q16.resize(nh * 3 * stride);
+      if (ws.q16.size() < nh * 3 * stride) ws.q16.resize(nh * 3 * stride);
       for (std::size_t hh = 0; hh < nh; ++hh) {
-        std::uint16_t* q3 = q16.data() + hh * 3 * stride;
+        std::uint16_t* q3 = ws.q16.data() + hh * 3 * stride;
         for (std::size_t k = 0; k < stride; ++k) {
           split_bf16(ws.q[hh * stride + k], q3[k], q3[stride + k], q3[2 * stride + k]);
         }
@@ -698,7 +699,7 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
       if constexpr (std::is_same_v<Elem, std::uint16_t>) {
         if (dpbf16) {
           const float mx =
-              tile_scores_dpbf16(tile, nt, stride, q16.data() + hh * 3 * stride, ws.s.data());
+              tile_scores_dpbf16(tile, nt, stride, ws.q16.data() + hh * 3 * stride, ws.s.data());
           tile_update(tile, nt, stride, lat, ws.s.data(), mx, st[hh]);
           continue;
         }
