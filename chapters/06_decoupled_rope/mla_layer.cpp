@@ -12,22 +12,22 @@ namespace mla::ch06 {
 namespace {
 
 std::string shape_of(const Mat& m) {
-  return shape_string({m.shape(0), m.shape(1)});
+  return shape_str({m.shape(0), m.shape(1)});
 }
 std::string shape_of(const Vec& v) {
-  return shape_string({v.size()});
+  return shape_str({v.size()});
 }
 
 void expect_shape(const Mat& m, std::size_t rows, std::size_t cols, const std::string& name) {
   if (m.shape(0) != rows || m.shape(1) != cols) {
-    throw InputError(name + ": expected shape " + shape_string({rows, cols}) + ", found " +
+    throw InputError(name + ": expected shape " + shape_str({rows, cols}) + ", found " +
                      shape_of(m));
   }
 }
 
 void expect_shape(const Vec& v, std::size_t n, const std::string& name) {
   if (v.size() != n) {
-    throw InputError(name + ": expected shape " + shape_string({n}) + ", found " + shape_of(v));
+    throw InputError(name + ": expected shape " + shape_str({n}) + ", found " + shape_of(v));
   }
 }
 
@@ -266,7 +266,7 @@ void MlaLayer::project_latents(const Mat& h, std::size_t S, std::size_t start, M
 Tensor3 MlaLayer::forward(const Tensor3& x) {
   if (x.shape(0) != batch_ || x.shape(2) != cfg_.hidden_size) {
     throw std::invalid_argument(
-        "MlaLayer::forward: input " + shape_string({x.shape(0), x.shape(1), x.shape(2)}) +
+        "MlaLayer::forward: input " + shape_str({x.shape(0), x.shape(1), x.shape(2)}) +
         ", expected [" + std::to_string(batch_) + ", S, " + std::to_string(cfg_.hidden_size) + "]");
   }
   const std::size_t S = x.shape(1), N = batch_ * S, start = position_;

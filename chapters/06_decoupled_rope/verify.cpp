@@ -20,7 +20,7 @@ bool ends_with(const std::string& s, const std::string& tail) {
 }
 
 std::string shape3(const Tensor3& t) {
-  return shape_string({t.shape(0), t.shape(1), t.shape(2)});
+  return shape_str({t.shape(0), t.shape(1), t.shape(2)});
 }
 
 Tensor3 load_test_tensor(const Checkpoint& ckpt, const std::string& name) {

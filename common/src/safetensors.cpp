@@ -131,12 +131,6 @@ std::size_t TensorInfo::numel() const {
   return n;
 }
 
-std::string shape_string(const std::vector<std::size_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // =============================================================================================
 // Header validation
 // =============================================================================================
@@ -254,7 +248,7 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
     for (std::size_t n : t.shape) overflow = overflow || __builtin_mul_overflow(numel, n, &numel);
   std::size_t nbytes = 0;
   if (overflow || __builtin_mul_overflow(numel, elem, &nbytes))
-    throw InputError(where + ": shape " + shape_string(t.shape) + " has too many elements");
+    throw InputError(where + ": shape " + shape_str(t.shape) + " has too many elements");
 
   auto off = e.find("data_offsets");
   if (off == e.end()) throw InputError(where + ": 'data_offsets' is missing");
@@ -271,7 +265,7 @@ TensorInfo parse_entry(const std::string& origin, const std::string& name, const
                      std::to_string(data_size) + " bytes)");
   if (t.end - t.begin != nbytes)
     throw InputError(where + ": data_offsets span " + std::to_string(t.end - t.begin) +
-                     " bytes but dtype " + t.dtype_name + " x shape " + shape_string(t.shape) +
+                     " bytes but dtype " + t.dtype_name + " x shape " + shape_str(t.shape) +
                      " needs " + std::to_string(nbytes));
   return t;
 }
@@ -483,7 +477,7 @@ void check_shape(const std::string& origin, const TensorInfo& t,
                  const std::vector<std::size_t>& expected) {
   if (t.shape != expected)
     throw InputError(origin + ": tensor " + quote_name(t.name) + " has shape " +
-                     shape_string(t.shape) + ", expected " + shape_string(expected));
+                     shape_str(t.shape) + ", expected " + shape_str(expected));
 }
 
 }  // namespace
@@ -508,7 +502,7 @@ Tensor3 SafeTensors::load_tensor3(const std::string& name) const {
   const TensorInfo& t = impl_->info(name);
   if (t.shape.size() != 3)
     throw InputError(impl_->origin + ": tensor " + quote_name(name) + " has shape " +
-                     shape_string(t.shape) + ", expected 3 dimensions");
+                     shape_str(t.shape) + ", expected 3 dimensions");
   if (t.dtype == DType::Other) load_into(name, nullptr);
   Tensor3 x = xt::empty<float>({t.shape[0], t.shape[1], t.shape[2]});
   load_into(name, x.data());
@@ -691,7 +685,7 @@ std::vector<std::uint8_t> safetensors_bytes(const std::vector<TensorData>& tenso
     std::size_t n = 1;
     for (std::size_t d : t.shape) n *= d;
     if (n != t.values.size())
-      throw InputError(where + ": shape " + shape_string(t.shape) + " needs " + std::to_string(n) +
+      throw InputError(where + ": shape " + shape_str(t.shape) + " needs " + std::to_string(n) +
                        " values, got " + std::to_string(t.values.size()));
     if (t.dtype == DType::Other) throw InputError(where + ": can only write F32, F16 or BF16");
     const std::size_t begin = data.size();

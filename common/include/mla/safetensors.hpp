@@ -15,6 +15,8 @@
 /// never a crash or a silently wrong number.
 #pragma once
 
+#include "mla/rows.hpp"  // shape_str
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -65,8 +67,6 @@ struct TensorInfo {
   std::size_t numel() const;
 };
 
-/// "[192, 256]": a shape as error messages and tables print it.
-std::string shape_string(const std::vector<std::size_t>& shape);
 
 /// One safetensors file, memory-mapped read-only (or, from from_bytes, an owned buffer).
 /// Movable, not copyable. Every accessor that takes a name throws InputError
