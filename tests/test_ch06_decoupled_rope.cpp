@@ -276,7 +276,7 @@ TEST_CASE("YaRN: mscale and the softmax scale, as the golden files state", "[ch0
 // Absorption, broken and restored
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("rotating k^C breaks absorption; the decoupled rope key restores it", "[ch06]") {
+TEST_CASE("rotating k^C breaks absorption, and the decoupled rope key restores it", "[ch06]") {
   Rng rng(64);
   const RopeAbsorptionDemo demo = demonstrate_rope_breaks_absorption(64, 32, 16, 12, 10000.0, rng);
   const double scale = demo.rope_on_latent_key.max_score;
@@ -361,7 +361,7 @@ TEST_CASE("naive = absorbed on random layers of several shapes", "[ch06]") {
   }
 }
 
-TEST_CASE("prefill in chunks equals prefill in one call; sequences in a batch are independent",
+TEST_CASE("prefill in chunks equals prefill in one call, and sequences in a batch are independent",
           "[ch06]") {
   Rng rng(66);
   MlaConfig cfg = make_mla_config(64, 4, 24, 32, 16, 8, 16, small_yarn());
