@@ -16,9 +16,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "06_decoupled_rope/mla_weights.hpp"
+#include "mla/bf16.hpp"
+#include "mla/checkpoint.hpp"
 #include "mla/config.hpp"
 #include "mla/json.hpp"
 #include "mla/safetensors.hpp"
+#include "mla/safetensors_writer.hpp"
 
 using Catch::Contains;
 namespace fs = std::filesystem;
@@ -106,26 +110,23 @@ TEST_CASE("golden v2-lite file: names, dtypes, shapes agree with its config", "[
   const auto cfg = mla::MlaConfig::load(kV2 + ".config.json");
   const auto st = mla::SafeTensors::open(kV2 + ".safetensors");
   const std::size_t H = cfg.num_attention_heads, d = cfg.hidden_size;
-  const std::string p = "model.layers.0.self_attn.";
+  const std::string layer = "model.layers.0.", p = layer + "self_attn.";
   REQUIRE(st.names().size() == 11);
   CHECK_FALSE(st.contains(p + "q_a_proj.weight"));  // q_lora_rank is null: the layer has q_proj
-  struct Expect {
-    std::string name;
-    std::vector<std::size_t> shape;
-  };
-  const std::vector<Expect> weights = {
-      {"q_proj.weight", {H * cfg.qk_head_dim(), d}},
-      {"kv_a_proj_with_mqa.weight", {cfg.kv_lora_rank + cfg.qk_rope_head_dim, d}},
-      {"kv_a_layernorm.weight", {cfg.kv_lora_rank}},
-      {"kv_b_proj.weight", {H * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank}},
-      {"o_proj.weight", {d, H * cfg.v_head_dim}}};
-  for (const auto& w : weights) {
-    INFO(w.name);
-    REQUIRE(st.contains(p + w.name));
-    CHECK(st.info(p + w.name).dtype == mla::DType::F32);
-    CHECK(st.info(p + w.name).dtype_name == "F32");
-    CHECK(st.info(p + w.name).shape == w.shape);
-  }
+  // The layer's list of weights (the one the loader uses) names 5 tensors here, each the shape
+  // its config gives it.
+  std::size_t listed = 0;
+  mla::ch06::for_each_weight(
+      mla::ch06::MlaWeights{}, cfg,
+      [&](const std::string& name, const auto&, const mla::ch06::WeightShape& shape) {
+        INFO(name);
+        ++listed;
+        REQUIRE(st.contains(layer + name));
+        CHECK(st.info(layer + name).dtype == mla::DType::F32);
+        CHECK(st.info(layer + name).dtype_name == "F32");
+        CHECK(st.info(layer + name).shape == shape);
+      });
+  CHECK(listed == 5);
   CHECK(st.info("test.prefill.input").shape == std::vector<std::size_t>{1, 12, d});
   CHECK(st.info("test.decode.input").shape == std::vector<std::size_t>{1, 4, d});
   CHECK(st.metadata().at("batch") == "1");
