@@ -2,7 +2,11 @@
 # Exercise mode check (issue #5, "Tests as exercises").
 #
 # Builds with -DMLA_EXERCISES=ON, where each chapter's key functions are stubs that throw
-# "exercise N.k: implement <function> — hint: …", and checks, for every chapter with stubs, that
+# "exercise N.k: implement <function> — hint: see chapters/NN_*/README.md, exercise N.k" (the
+# README's exercise list is the one place where the task and its hint are written), and checks,
+# for every chapter with stubs, that
+#   (0) before building: its README has an entry "**Exercise N.k" for every stub, and the stub
+#       points to it (a stub that still writes its hint in the code is noted),
 #   (a) its tests fail (mla_tests "[chNN]"),
 #   (b) the output names one of its exercises ("exercise N."),
 #   (c) the failure is an ordinary test failure, not a crash or a hang: Catch2 exits with the
@@ -51,6 +55,18 @@ for dir in chapters/[0-9][0-9]_*/; do
   program=$(grep -oE 'PROGRAM +[A-Za-z0-9_]+' "$dir/CMakeLists.txt" 2>/dev/null | awk '{print $2}' |
             head -1 || true)
   chapters+=("$nn $dir ${program:--} $ids")
+  # (0) the stubs point to the README, and the README holds each exercise. (A stub that still
+  # carries its hint in the code is reported as a note, not a failure.)
+  src=$(find "$dir" -name '*.cpp' -o -name '*.hpp' | sort | xargs cat | tr '\n' ' ')
+  for id in $ids; do
+    if ! grep -qE "MLA_EXERCISE\( *\"$id\", *\"[^\"]*\", *\"see $dir/README.md, exercise $id\"" \
+         <<<"$src"; then
+      echo "note: ch$nn: the stub of exercise $id does not point to $dir/README.md (its hint is" \
+           "written in the code)"
+    fi
+    grep -qF "**Exercise $id" "$dir/README.md" 2>/dev/null ||
+      problem "ch$nn: $dir/README.md has no entry \"**Exercise $id\""
+  done
 done
 if [ ${#chapters[@]} -eq 0 ]; then
   echo "FAIL: no chapter has exercise stubs (grep MLA_EXERCISE chapters/*/)" >&2
@@ -102,8 +118,8 @@ for c in "${chapters[@]}"; do
     tail -20 "$log" >&2
     problem "ch$nn: the tests fail (exit code $rc) but never say \"exercise $n.…\""
   else
-    seen=$(grep -oE 'exercise [0-9]+\.[0-9]+' "$log" | sort -V | uniq -c |
-           awk '{printf "%s%s (%d×)", sep, $3, $1; sep=", "}')
+    seen=$(grep -oE 'exercise [0-9]+\.[0-9]+: implement' "$log" | sort -V | uniq -c |
+           awk '{printf "%s%s (%d×)", sep, $3, $1; sep=", "}' | tr -d ':')
     summary=$(grep -E '^test cases:' "$log" | tail -1)
     echo "   tests fail as they should (exit code $rc): $seen; $summary"
   fi

@@ -3,50 +3,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "01_attention/attention.hpp"
 #include "mla/compare.hpp"
 #include "mla/random.hpp"
+#include "mla/rows.hpp"
+#include "support.hpp"
 
 using namespace mla;
 using namespace mla::ch01;
-
-namespace {
-
-// The definition, written as plainly as possible: for each query, for each visible key, a dot
-// product; softmax by hand in double; then the weighted sum of values. Queries are the last n of
-// the m positions when causal.
-Mat triple_loop_attention(const Mat& q, const Mat& k, const Mat& v, bool causal) {
-  const std::size_t n = q.shape(0), m = k.shape(0), d = q.shape(1), dv = v.shape(1);
-  Mat out = xt::zeros<float>({n, dv});
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::size_t visible = causal ? m - n + i + 1 : m;
-    std::vector<double> s(visible);
-    double mx = -1e300;
-    for (std::size_t j = 0; j < visible; ++j) {
-      double dot = 0;
-      for (std::size_t c = 0; c < d; ++c) dot += double(q(i, c)) * k(j, c);
-      s[j] = dot / std::sqrt(double(d));
-      mx = std::max(mx, s[j]);
-    }
-    double sum = 0;
-    for (auto& x : s) sum += (x = std::exp(x - mx));
-    for (std::size_t j = 0; j < visible; ++j) {
-      for (std::size_t c = 0; c < dv; ++c) out(i, c) += float(s[j] / sum * v(j, c));
-    }
-  }
-  return out;
-}
-
-}  // namespace
+using mla::test::reference_attention;
 
 TEST_CASE("attention equals a straightforward triple loop", "[ch01]") {
   Rng rng(11);
   SECTION("causal self-attention (n = m)") {
     const Mat q = rng.normal(13, 16), k = rng.normal(13, 16), v = rng.normal(13, 8);
-    const Mat ref = triple_loop_attention(q, k, v, true);
+    const Mat ref = reference_attention(q, k, v, true);
     const Mat out = attention(q, k, v, Masking::causal);
     INFO(compare(out, ref).describe());
     CHECK(allclose(out, ref, 1e-5, 1e-4));
@@ -54,12 +29,12 @@ TEST_CASE("attention equals a straightforward triple loop", "[ch01]") {
   SECTION("causal, new queries against a longer past (n < m)") {
     const Mat q = rng.normal(3, 16), k = rng.normal(20, 16), v = rng.normal(20, 5);
     const Mat out = attention(q, k, v, Masking::causal);
-    CHECK(allclose(out, triple_loop_attention(q, k, v, true), 1e-5, 1e-4));
+    CHECK(allclose(out, reference_attention(q, k, v, true), 1e-5, 1e-4));
   }
   SECTION("no mask") {
     const Mat q = rng.normal(7, 4), k = rng.normal(9, 4), v = rng.normal(9, 6);
     const Mat out = attention(q, k, v, Masking::none);
-    CHECK(allclose(out, triple_loop_attention(q, k, v, false), 1e-5, 1e-4));
+    CHECK(allclose(out, reference_attention(q, k, v, false), 1e-5, 1e-4));
   }
   SECTION("more queries than keys cannot be causal") {
     CHECK_THROWS_AS(attention(rng.normal(5, 4), rng.normal(3, 4), rng.normal(3, 4)),
@@ -81,10 +56,15 @@ TEST_CASE("attend_one, on strided memory, equals the last row of attention", "[c
   }
   const Mat q = rng.normal(1, d);
   std::vector<float> scratch(m), out(d);
-  attend_one(q.data(), wide_k.data() + d, stride, wide_v.data() + d, stride, m, d, d,
+  attend_one(q.data(), RowView(wide_k).cols_range(d, d), RowView(wide_v).cols_range(d, d),
              scratch.data(), out.data());
-  const Mat ref = triple_loop_attention(q, k, v, true);
+  const Mat ref = reference_attention(q, k, v, true);
   CHECK(allclose(out.data(), ref.data(), d, 1e-5, 1e-4));
+  // Keys and values must be the same number of rows.
+  CHECK_THROWS_AS(
+      attend_one(q.data(), RowView(wide_k).cols_range(d, d),
+                 RowView(wide_v).cols_range(d, d).rows_range(0, m - 1), scratch.data(), out.data()),
+      std::invalid_argument);
 }
 
 TEST_CASE("every row of the weights sums to 1 and masked weights are exactly 0", "[ch01]") {
@@ -177,7 +157,7 @@ TEST_CASE("softmax stays finite with logits of +-1e4 and with masked entries", "
   // The decode path: the same huge logits through attend_one.
   std::vector<float> scratch(3), out(2);
   const float qq = -100.0f;
-  attend_one(&qq, k.data(), 1, v.data(), 2, 3, 1, 2, scratch.data(), out.data());
+  attend_one(&qq, RowView(k), RowView(v), scratch.data(), out.data());
   CHECK(std::isfinite(out[0]));
   CHECK(out[0] == Approx(3.0f));  // all weight on key 1 (score +1e4)
   CHECK(out[1] == Approx(4.0f));

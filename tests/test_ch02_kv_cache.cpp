@@ -8,17 +8,12 @@
 #include "mla/bench.hpp"
 #include "mla/compare.hpp"
 #include "mla/random.hpp"
+#include "support.hpp"
 
 using namespace mla;
 using namespace mla::ch02;
 
-namespace {
-std::vector<int> random_tokens(Rng& rng, std::size_t n, std::size_t vocab) {
-  std::vector<int> t(n);
-  for (auto& x : t) x = static_cast<int>(rng.engine()() % vocab);
-  return t;
-}
-}  // namespace
+using mla::test::random_tokens;
 
 TEST_CASE("cached generation equals generation that recomputes everything", "[ch02]") {
   Rng rng(21);

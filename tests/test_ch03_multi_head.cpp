@@ -16,6 +16,7 @@
 #include "mla/compare.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
+#include "support.hpp"
 
 using namespace mla;
 using namespace mla::ch03;
@@ -40,18 +41,15 @@ MhaWeights expand_to_mha(const MhaWeights& w) {
   return m;
 }
 
-// MHA by its definition, independently of mha_forward: per head, slice, attend, concatenate.
+// MHA by its definition, independently of mha_forward: the projections, then every head's
+// attention in double (tests/support.hpp), then W_O.
 Mat reference_mha(const Mat& x, const MhaWeights& w) {
-  const std::size_t T = x.shape(0), dh = w.head_dim;
+  using namespace mla::test;
+  const std::size_t dh = w.head_dim;
   const Mat q = linear(x, w.W_q), k = linear(x, w.W_k), v = linear(x, w.W_v);
-  Mat concat = xt::empty<float>({T, w.n_heads * dh});
-  for (std::size_t h = 0; h < w.n_heads; ++h) {
-    const std::size_t g = h * w.n_kv_heads / w.n_heads;
-    const Mat qh = xt::view(q, xt::all(), xt::range(h * dh, (h + 1) * dh));
-    const Mat kh = xt::view(k, xt::all(), xt::range(g * dh, (g + 1) * dh));
-    const Mat vh = xt::view(v, xt::all(), xt::range(g * dh, (g + 1) * dh));
-    xt::view(concat, xt::all(), xt::range(h * dh, (h + 1) * dh)) = ch01::attention(qh, kh, vh);
-  }
+  const Mat concat = to_float(ref_attention(to_double(q), to_double(k), to_double(v), w.n_heads,
+                                            w.n_kv_heads, dh, dh, 1.0 / std::sqrt(double(dh)))
+                                  .out);  // (T, n_h·d_h)
   return linear(concat, w.W_o);
 }
 

@@ -10,21 +10,19 @@
 #include "04_low_rank_latents/latent.hpp"
 #include "mla/compare.hpp"
 #include "mla/random.hpp"
+#include "support.hpp"
 
 #include <xtensor/xview.hpp>
 
 using namespace mla;
 using namespace mla::ch04;
+using mla::test::rows;
 
 namespace {
 
 struct Dims {
   std::size_t d_model, heads, d_h, d_c, T;
 };
-
-Mat rows(const Mat& m, std::size_t r0, std::size_t r1) {
-  return xt::view(m, xt::range(r0, r1), xt::all());
-}
 
 // W_K = W_UK·W_DKV and W_V = W_UV·W_DKV, written out with loops over the kv_b_proj layout
 // (per head: d_h key rows, then d_h value rows), independently of the library's split.

@@ -13,6 +13,7 @@
 #include "mla/bench.hpp"
 #include "mla/compare.hpp"
 #include "mla/random.hpp"
+#include "support.hpp"
 
 #include <xtensor/xbuilder.hpp>
 #include <xtensor/xview.hpp>
@@ -22,18 +23,9 @@ using namespace mla::ch05;
 using mla::ch04::LatentDecoder;
 using mla::ch04::LatentShape;
 using mla::ch04::LatentWeights;
+using namespace mla::test;
 
 namespace {
-
-Mat rows(const Mat& m, std::size_t r0, std::size_t r1) {
-  return xt::view(m, xt::range(r0, r1), xt::all());
-}
-
-double max_abs(const Mat& a) {
-  double m = 0;
-  for (float v : a) m = std::max(m, double(std::fabs(v)));
-  return m;
-}
 
 // Equal up to float32 reordering: within 1e-5 of the output's scale plus 1e-4 relative.
 bool same(const Mat& a, const Mat& ref) {
@@ -55,27 +47,10 @@ struct Counted {
   double madds = 0;
 };
 
-// x (S, d) · Wᵀ, W (out, d), counting S·out·d multiply-adds.
+// x (S, d) · Wᵀ, W (out, d), in double (tests/support.hpp), counting S·out·d multiply-adds.
 Mat project(const Mat& x, const Mat& W, double& madds) {
-  Mat y = xt::zeros<float>({x.shape(0), W.shape(0)});
-  for (std::size_t s = 0; s < x.shape(0); ++s) {
-    for (std::size_t o = 0; o < W.shape(0); ++o) {
-      double acc = 0;
-      for (std::size_t j = 0; j < x.shape(1); ++j, ++madds) acc += double(x(s, j)) * W(o, j);
-      y(s, o) = float(acc);
-    }
-  }
-  return y;
-}
-
-void softmax_masked(std::vector<double>& p, std::size_t visible) {
-  double m = -std::numeric_limits<double>::infinity(), sum = 0;
-  for (std::size_t t = 0; t < visible; ++t) m = std::max(m, p[t]);
-  for (std::size_t t = 0; t < p.size(); ++t) {
-    p[t] = t < visible ? std::exp(p[t] - m) : 0.0;
-    sum += p[t];
-  }
-  for (auto& v : p) v /= sum;
+  madds += double(x.shape(0)) * double(W.shape(0)) * double(x.shape(1));
+  return to_float(mul_t(to_double(x), to_double(W)));
 }
 
 Counted rebuild_by_hand(const LatentWeights& w, const Mat& prefix, const Mat& x) {
@@ -97,7 +72,7 @@ Counted rebuild_by_hand(const LatentWeights& w, const Mat& prefix, const Mat& x)
           acc += double(q(s, h * dk + i)) * kv(t, h * blk + i);
         p[t] = scale * acc;
       }
-      softmax_masked(p, P + s + 1);
+      softmax_ref(p, P + s + 1);
       for (std::size_t i = 0; i < dv; ++i) {
         double acc = 0;
         for (std::size_t t = 0; t < T; ++t, ++r.madds) acc += p[t] * kv(t, h * blk + dk + i);
@@ -130,7 +105,7 @@ Counted absorbed_by_hand(const LatentWeights& w, const Mat& prefix, const Mat& x
         for (std::size_t c = 0; c < dc; ++c, ++r.madds) acc += q_lat[c] * C(t, c);
         p[t] = scale * acc;
       }
-      softmax_masked(p, P + s + 1);
+      softmax_ref(p, P + s + 1);
       for (std::size_t c = 0; c < dc; ++c) {  // õ_h = Σ_t p_t c_t
         for (std::size_t t = 0; t < T; ++t, ++r.madds) o_lat[c] += p[t] * C(t, c);
       }

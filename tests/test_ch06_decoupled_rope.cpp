@@ -19,10 +19,13 @@
 #include "mla/bf16.hpp"
 #include "mla/compare.hpp"
 #include "mla/safetensors_writer.hpp"
+#include "support.hpp"
 
 using namespace mla;
 using namespace mla::ch06;
 namespace fs = std::filesystem;
+using mla::test::random_tensor3;
+using mla::test::random_vector;
 
 namespace {
 
@@ -32,18 +35,6 @@ double dot(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0;
   for (std::size_t i = 0; i < a.size(); ++i) s += double(a[i]) * b[i];
   return s;
-}
-
-std::vector<float> random_vector(Rng& rng, std::size_t n) {
-  std::vector<float> v(n);
-  for (float& x : v) x = rng.normal();
-  return v;
-}
-
-Tensor3 random_input(Rng& rng, std::size_t B, std::size_t S, std::size_t D) {
-  Tensor3 x = xt::empty<float>({B, S, D});
-  for (float& v : x) v = rng.normal();
-  return x;
 }
 
 // A fresh empty folder under the system's temporary directory.
@@ -306,8 +297,8 @@ TEST_CASE("naive = absorbed on random layers of several shapes", "[ch06]") {
               << s.yarn << " batch " << s.batch);
     REQUIRE(yarn_active(cfg) == s.yarn);
     const auto w = std::make_shared<const MlaWeights>(random_mla_weights(cfg, rng));
-    const Tensor3 pre = random_input(rng, s.batch, 7, s.D);
-    const Tensor3 dec = random_input(rng, s.batch, 4, s.D);
+    const Tensor3 pre = random_tensor3(rng, s.batch, 7, s.D);
+    const Tensor3 dec = random_tensor3(rng, s.batch, 4, s.D);
     NaiveMla naive(cfg, w, s.batch);
     AbsorbedMla absorbed(cfg, w, s.batch);
     const auto [n_pre, n_dec] = run_prefill_decode(naive, pre, dec);
@@ -330,7 +321,7 @@ TEST_CASE("prefill in chunks equals prefill in one call, and sequences in a batc
   MlaConfig cfg = make_mla_config(64, 4, 24, 32, 16, 8, 16, small_yarn());
   cfg.max_position_embeddings = 256;
   const auto w = std::make_shared<const MlaWeights>(random_mla_weights(cfg, rng));
-  const Tensor3 x = random_input(rng, 2, 9, 64);
+  const Tensor3 x = random_tensor3(rng, 2, 9, 64);
   for (const MlaPath& path : builtin_paths()) {
     INFO(path.name);
     const Tensor3 whole = path.make(cfg, w, 2)->forward(x);
@@ -403,7 +394,7 @@ TEST_CASE("a case mla_verify has never seen: BF16 weights of layer 3, batch 2, m
   cfg.num_hidden_layers = 4;
   const auto w =
       std::make_shared<const MlaWeights>(bf16_rounded(random_mla_weights(cfg, rng), cfg));
-  const Tensor3 pre = random_input(rng, 2, 6, 72), dec = random_input(rng, 2, 3, 72);
+  const Tensor3 pre = random_tensor3(rng, 2, 6, 72), dec = random_tensor3(rng, 2, 3, 72);
   NaiveMla naive(cfg, w, 2);
   const auto [y_pre, y_dec] = run_prefill_decode(naive, pre, dec);
 
@@ -441,7 +432,7 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
   Rng rng(68);
   const MlaConfig cfg = make_mla_config(32, 2, 8, 16, 8, 4, 8);
   const MlaWeights w = random_mla_weights(cfg, rng);
-  const Tensor3 pre = random_input(rng, 1, 3, 32), dec = random_input(rng, 1, 2, 32);
+  const Tensor3 pre = random_tensor3(rng, 1, 3, 32), dec = random_tensor3(rng, 1, 2, 32);
   const fs::path dir = temp_folder("bad");
   const std::string config = (dir / "c.config.json").string();
   const std::string weights = (dir / "c.safetensors").string();
@@ -491,7 +482,7 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
   }
   SECTION("test inputs whose width is not hidden_size") {
     std::vector<TensorData> t = mla_weight_tensors(w, cfg, 0, DType::F32);
-    const Tensor3 narrow = random_input(rng, 1, 3, 31);
+    const Tensor3 narrow = random_tensor3(rng, 1, 3, 31);
     t.push_back(tensor3("test.prefill.input", narrow));
     t.push_back(tensor3("test.decode.input", dec));
     t.push_back(tensor3("test.prefill.output", narrow));
@@ -548,8 +539,8 @@ TEST_CASE("a DeepSeek-V2-Lite-sized layer caches 576 numbers per token on the ab
   const auto w = std::make_shared<const MlaWeights>(random_mla_weights(c, rng));
   NaiveMla naive(c, w, 1);
   AbsorbedMla absorbed(c, w, 1);
-  const Tensor3 pre = random_input(rng, 1, 3, c.hidden_size),
-                dec = random_input(rng, 1, 1, c.hidden_size);
+  const Tensor3 pre = random_tensor3(rng, 1, 3, c.hidden_size),
+                dec = random_tensor3(rng, 1, 1, c.hidden_size);
   const auto [n_pre, n_dec] = run_prefill_decode(naive, pre, dec);
   const auto [a_pre, a_dec] = run_prefill_decode(absorbed, pre, dec);
   CHECK(allclose(a_pre, n_pre, 1e-5, 1e-4));

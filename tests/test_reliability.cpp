@@ -25,8 +25,10 @@
 #include "mla/random.hpp"
 #include "mla/safetensors_writer.hpp"
 #include "mla/tensor.hpp"
+#include "support.hpp"
 
 using namespace mla;
+using namespace mla::test;
 
 namespace {
 
@@ -44,69 +46,8 @@ constexpr float kDenormal = 1e-40f;
 // Double-precision references
 // ---------------------------------------------------------------------------------------------
 
-// A row-major matrix of doubles: what the references compute in.
-struct DMat {
-  std::size_t rows = 0, cols = 0;
-  std::vector<double> v;
-  DMat(std::size_t r, std::size_t c) : rows(r), cols(c), v(r * c, 0.0) {}
-  double& operator()(std::size_t i, std::size_t j) { return v[i * cols + j]; }
-  double operator()(std::size_t i, std::size_t j) const { return v[i * cols + j]; }
-};
-
-DMat to_double(const Mat& m) {
-  DMat d(m.shape(0), m.shape(1));
-  std::copy(m.begin(), m.end(), d.v.begin());
-  return d;
-}
-
-// x (n, in) · Wᵀ with W (out, in) -> (n, out), the Linear layout every chapter uses.
-DMat mul_t(const DMat& x, const DMat& W) {
-  DMat y(x.rows, W.rows);
-  for (std::size_t i = 0; i < x.rows; ++i) {
-    for (std::size_t o = 0; o < W.rows; ++o) {
-      double s = 0;
-      for (std::size_t k = 0; k < x.cols; ++k) s += x(i, k) * W(o, k);
-      y(i, o) = s;
-    }
-  }
-  return y;
-}
-
-struct RefAttention {
-  DMat out;                    // (T, H·d_v): per head softmax(scale·q·kᵀ + mask)·v
-  double max_abs_score = 0.0;  // the largest |scale·q·k| over every visible (query, key) pair
-};
-
-// Multi-head self-attention in double: T tokens, H query heads reading H_kv key/value heads
-// (head h reads h / (H / H_kv)). q: (T, H·dk), k: (T, H_kv·dk), v: (T, H_kv·dv). Causal: query
-// t sees keys 0..t. Softmax with the max subtracted, so 1e4-sized scores are exact here too.
-RefAttention ref_attention(const DMat& q, const DMat& k, const DMat& v, std::size_t H,
-                           std::size_t H_kv, std::size_t dk, std::size_t dv, double scale,
-                           bool causal = true) {
-  const std::size_t T = q.rows, group = H / H_kv;
-  RefAttention r{DMat(T, H * dv)};
-  std::vector<double> s(T);
-  for (std::size_t h = 0; h < H; ++h) {
-    const std::size_t g = h / group;
-    for (std::size_t t = 0; t < T; ++t) {
-      const std::size_t visible = causal ? t + 1 : T;
-      double m = -std::numeric_limits<double>::infinity();
-      for (std::size_t j = 0; j < visible; ++j) {
-        double d = 0;
-        for (std::size_t i = 0; i < dk; ++i) d += q(t, h * dk + i) * k(j, g * dk + i);
-        s[j] = scale * d;
-        m = std::max(m, s[j]);
-        r.max_abs_score = std::max(r.max_abs_score, std::fabs(s[j]));
-      }
-      double sum = 0;
-      for (std::size_t j = 0; j < visible; ++j) sum += (s[j] = std::exp(s[j] - m));
-      for (std::size_t j = 0; j < visible; ++j) {
-        for (std::size_t i = 0; i < dv; ++i) r.out(t, h * dv + i) += s[j] / sum * v(j, g * dv + i);
-      }
-    }
-  }
-  return r;
-}
+// DMat, to_double, mul_t and ref_attention (multi-head causal attention in double) are in
+// tests/support.hpp; these build the chapters' layers on them.
 
 // Chapter 4/5's latent layer in double: q = x W_qᵀ, c = x W_dkvᵀ, [k|v] per head = c W_ukvᵀ
 // (kv_b_proj layout), causal attention with scale 1/sqrt(d_k), then W_o.
@@ -166,41 +107,7 @@ RefAttention ref_mla(const ch06::MlaLayer& layer, const Mat& x) {
 // Checks
 // ---------------------------------------------------------------------------------------------
 
-// Every element of a finite and within atol + rtol·|ref| of the double reference.
-void check_close(const float* a, const DMat& ref, double atol, double rtol,
-                 const std::string& what) {
-  std::size_t bad = 0, nonfinite = 0, worst = 0;
-  double worst_err = -1;
-  for (std::size_t i = 0; i < ref.v.size(); ++i) {
-    if (!std::isfinite(a[i])) {
-      ++nonfinite;
-      continue;
-    }
-    const double err = std::fabs(double(a[i]) - ref.v[i]);
-    if (err > atol + rtol * std::fabs(ref.v[i])) ++bad;
-    if (err > worst_err) {
-      worst_err = err;
-      worst = i;
-    }
-  }
-  INFO(what << ": " << ref.v.size() << " values, worst |error| " << worst_err << " at " << worst
-            << " (got " << a[worst] << ", reference " << ref.v[worst] << "), atol " << atol
-            << ", rtol " << rtol);
-  CHECK(nonfinite == 0);
-  CHECK(bad == 0);
-}
-
-void check_close(const Mat& a, const DMat& ref, double atol, double rtol, const std::string& what) {
-  REQUIRE(a.shape(0) == ref.rows);
-  REQUIRE(a.shape(1) == ref.cols);
-  check_close(a.data(), ref, atol, rtol, what);
-}
-
-double max_abs(const DMat& m) {
-  double r = 0;
-  for (double x : m.v) r = std::max(r, std::fabs(x));
-  return r;
-}
+// check_close (every element finite and within atol + rtol·|ref|) and max_abs: tests/support.hpp.
 
 // Tolerances of the large-logit comparisons. A float score of magnitude 1e4 carries a rounding
 // error of ~1e4 · 2^-24 · sqrt(d) ≈ 1e-3 (absolute); a weight moves by at most 1/4 of its
@@ -243,7 +150,7 @@ bool row_all_finite(const float* p, std::size_t n) {
 // Softmax
 // =============================================================================================
 
-TEST_CASE("softmax_rows: logits of ±1e4 match a double-precision softmax", "[reliability]") {
+TEST_CASE("softmax_rows: logits of ±1e4 match a double-precision softmax", "[reliability][core]") {
   Rng rng(kDefaultSeed);
   const std::size_t R = 8, C = 64;
   Mat s = rng.normal(R, C, 1e4f);
@@ -252,10 +159,9 @@ TEST_CASE("softmax_rows: logits of ±1e4 match a double-precision softmax", "[re
   for (std::size_t j = 0; j < C; ++j) s(2, j) = -1e4f + 0.5f * static_cast<float>(j % 5);
   DMat ref = to_double(s);
   for (std::size_t i = 0; i < R; ++i) {
-    double m = -std::numeric_limits<double>::infinity(), sum = 0;
-    for (std::size_t j = 0; j < C; ++j) m = std::max(m, ref(i, j));
-    for (std::size_t j = 0; j < C; ++j) sum += (ref(i, j) = std::exp(ref(i, j) - m));
-    for (std::size_t j = 0; j < C; ++j) ref(i, j) /= sum;
+    std::vector<double> row(ref.v.begin() + i * C, ref.v.begin() + (i + 1) * C);
+    softmax_ref(row, C);
+    std::copy(row.begin(), row.end(), ref.v.begin() + i * C);
   }
   softmax_rows(s);
   // Differences to the max within a factor 2 of it are exact in float, so only exp and the sum
@@ -263,7 +169,8 @@ TEST_CASE("softmax_rows: logits of ±1e4 match a double-precision softmax", "[re
   check_close(s, ref, 1e-7, 1e-6, "softmax_rows at ±1e4");
 }
 
-TEST_CASE("softmax_rows: the largest floats, equal logits and subnormal logits", "[reliability]") {
+TEST_CASE("softmax_rows: the largest floats, equal logits and subnormal logits",
+          "[reliability][core]") {
   Mat s = xt::zeros<float>({4, 3});
   s(0, 0) = kFltMax, s(0, 1) = kFltMax, s(0, 2) = -kFltMax;  // x - max = -inf: weight 0
   s(1, 0) = -kFltMax, s(1, 1) = -kFltMax, s(1, 2) = -kFltMax;
@@ -279,7 +186,7 @@ TEST_CASE("softmax_rows: the largest floats, equal logits and subnormal logits",
 }
 
 TEST_CASE("softmax_rows: a fully masked row becomes zeros, its neighbours are untouched",
-          "[reliability]") {
+          "[reliability][core]") {
   Mat s = {{kMasked, kMasked, kMasked, kMasked},
            {1e4f, kMasked, -1e4f, kMasked},
            {kMasked, kMasked, kMasked, -1e4f},
@@ -303,16 +210,20 @@ TEST_CASE("softmax_rows: a fully masked row becomes zeros, its neighbours are un
   softmax(v.data(), v.size());
   for (float x : v) CHECK(x == 0.0f);
   softmax(v.data(), 0);  // an empty row is nothing to do, not an error
+}
 
-  // An attention path with nothing to attend to (chapter 1's decode step on an empty cache): the
-  // zero vector, as a fully masked row gives, without touching keys or values.
+TEST_CASE("ch01 attend_one: nothing to attend to gives the zero vector, as a fully masked row",
+          "[reliability][ch01]") {
+  // Chapter 1's decode step on an empty cache: the zero vector, as a fully masked row gives,
+  // without touching keys or values.
   std::vector<float> q(4, 1.0f), out(3, kNaN);
-  ch01::attend_one(q.data(), nullptr, 4, nullptr, 3, 0, 4, 3, nullptr, out.data());
+  ch01::attend_one(q.data(), RowView<const float>(nullptr, 0, 4),
+                   RowView<const float>(nullptr, 0, 3), nullptr, out.data());
   for (float x : out) CHECK(x == 0.0f);
 }
 
 TEST_CASE("softmax_rows: NaN or Inf in a row makes that row non-finite, only that row",
-          "[reliability]") {
+          "[reliability][core]") {
   Rng rng(kDefaultSeed);
   Mat s = rng.normal(4, 6);
   const Mat clean = s;
@@ -333,7 +244,7 @@ TEST_CASE("softmax_rows: NaN or Inf in a row makes that row non-finite, only tha
 // =============================================================================================
 
 TEST_CASE("ch01 attention: scores of ±1e4 match double precision, causal and unmasked",
-          "[reliability]") {
+          "[reliability][ch01]") {
   Rng rng(kDefaultSeed);
   const std::size_t T = 16, d = 32;
   Mat q = rng.normal(T, d);
@@ -354,7 +265,7 @@ TEST_CASE("ch01 attention: scores of ±1e4 match double precision, causal and un
 }
 
 TEST_CASE("ch03 mha_forward and MhaDecoder: scores of ±1e4 match double precision",
-          "[reliability]") {
+          "[reliability][ch03]") {
   Rng rng(kDefaultSeed);
   const std::size_t d_model = 64, heads = 4, head_dim = 16, T = 12;
   const Mat x = rng.normal(T, d_model);
@@ -375,17 +286,37 @@ TEST_CASE("ch03 mha_forward and MhaDecoder: scores of ±1e4 match double precisi
   }
 }
 
-TEST_CASE("ch04 latent_forward and ch05 absorbed_forward: scores of ±1e4 match double precision",
-          "[reliability]") {
+namespace {
+
+// The latent layer of the ±1e4 tests of chapters 4 and 5, its queries scaled until the largest
+// |score| of the double reference is kBigLogit; and that reference.
+struct BigLatent {
+  Mat x;
+  ch04::LatentWeights w;
+  RefAttention ref;
+};
+
+BigLatent big_latent() {
   Rng rng(kDefaultSeed);
   const std::size_t d_model = 64, heads = 4, d_k = 16, d_c = 24, T = 12;
   const Mat x = rng.normal(T, d_model);
   ch04::LatentWeights w = ch04::random_latent(d_model, heads, d_k, d_c, rng);
   scale_in_place(w.W_q, kBigLogit / ref_latent(x, w).max_abs_score);
-  const RefAttention ref = ref_latent(x, w);
-  REQUIRE(ref.max_abs_score > 0.99 * kBigLogit);
-  check_big(ch04::latent_forward(x, w), ref.out, "ch04 latent_forward");
-  check_big(ch05::absorbed_forward(x, w), ref.out, "ch05 absorbed_forward");
+  return {x, w, ref_latent(x, w)};
+}
+
+}  // namespace
+
+TEST_CASE("ch04 latent_forward: scores of ±1e4 match double precision", "[reliability][ch04]") {
+  const BigLatent b = big_latent();
+  REQUIRE(b.ref.max_abs_score > 0.99 * kBigLogit);
+  check_big(ch04::latent_forward(b.x, b.w), b.ref.out, "ch04 latent_forward");
+}
+
+TEST_CASE("ch05 absorbed_forward: scores of ±1e4 match double precision", "[reliability][ch05]") {
+  const BigLatent b = big_latent();
+  REQUIRE(b.ref.max_abs_score > 0.99 * kBigLogit);
+  check_big(ch05::absorbed_forward(b.x, b.w), b.ref.out, "ch05 absorbed_forward");
 }
 
 namespace {
@@ -446,15 +377,13 @@ double max_mla_score(const MlaConfig& cfg, const std::shared_ptr<const ch06::Mla
 
 TEST_CASE(
     "ch06 NaiveMla and AbsorbedMla: scores of ±1e4 match double precision, prefill and decode",
-    "[reliability]") {
+    "[reliability][ch06]") {
   Rng rng(kDefaultSeed);
   const MlaConfig cfg = small_mla_config();
   const std::size_t B = 2, S = 10, N = 4;
   ch06::MlaWeights w = ch06::random_mla_weights(cfg, rng);
-  Tensor3 pre = xt::empty<float>({B, S, cfg.hidden_size});
-  Tensor3 dec = xt::empty<float>({B, N, cfg.hidden_size});
-  for (float& v : pre) v = rng.normal();
-  for (float& v : dec) v = rng.normal();
+  const Tensor3 pre = random_tensor3(rng, B, S, cfg.hidden_size);
+  const Tensor3 dec = random_tensor3(rng, B, N, cfg.hidden_size);
   Tensor3 all = xt::empty<float>({B, S + N, cfg.hidden_size});
   for (std::size_t b = 0; b < B; ++b) {
     xt::view(all, b, xt::range(0, S), xt::all()) = xt::view(pre, b);
@@ -472,8 +401,8 @@ TEST_CASE(
 // Denormal inputs
 // =============================================================================================
 
-TEST_CASE("ch01-ch05: denormal inputs give finite outputs equal to double precision",
-          "[reliability]") {
+TEST_CASE("ch01: denormal inputs give finite outputs equal to double precision",
+          "[reliability][ch01]") {
   Rng rng(kDefaultSeed);
   SECTION("ch01: q, k, v of ~1e-40 (scores underflow to 0: uniform weights)") {
     const std::size_t T = 8, d = 16;
@@ -492,31 +421,61 @@ TEST_CASE("ch01-ch05: denormal inputs give finite outputs equal to double precis
     REQUIRE(max_abs(ref.out) < 1e-38);  // the outputs really are subnormal
     check_close(out, ref.out, kDenormAtol, kDenormRtol, "ch01 denormal values");
   }
-  SECTION("ch03, ch04, ch05: layer inputs of ~1e-40") {
-    const std::size_t d_model = 32, heads = 2, head_dim = 8, d_c = 8, T = 6;
-    const Mat x = rng.normal(T, d_model, kDenormal);
-    const ch03::MhaWeights mw = ch03::random_mha(d_model, heads, heads, head_dim, rng);
-    const RefAttention mref = ref_mha(x, mw);
-    check_close(ch03::mha_forward(x, mw), mref.out, kDenormAtol, kDenormRtol, "ch03 denormal");
-    const ch04::LatentWeights lw = ch04::random_latent(d_model, heads, head_dim, d_c, rng);
-    const RefAttention lref = ref_latent(x, lw);
-    check_close(ch04::latent_forward(x, lw), lref.out, kDenormAtol, kDenormRtol, "ch04 denormal");
-    check_close(ch05::absorbed_forward(x, lw), lref.out, kDenormAtol, kDenormRtol, "ch05 denormal");
-  }
+}
+
+namespace {
+
+// The layers of the denormal tests of chapters 3-5: layer inputs of ~1e-40, an MHA layer and a
+// latent layer (drawn in this order from one seed, as when the three shared a test).
+struct DenormalLayers {
+  Mat x;
+  ch03::MhaWeights mha;
+  ch04::LatentWeights latent;
+};
+
+DenormalLayers denormal_layers() {
+  Rng rng(kDefaultSeed);
+  const std::size_t d_model = 32, heads = 2, head_dim = 8, d_c = 8, T = 6;
+  DenormalLayers l;
+  l.x = rng.normal(T, d_model, kDenormal);
+  l.mha = ch03::random_mha(d_model, heads, heads, head_dim, rng);
+  l.latent = ch04::random_latent(d_model, heads, head_dim, d_c, rng);
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("ch03: layer inputs of ~1e-40 give finite outputs equal to double precision",
+          "[reliability][ch03]") {
+  const DenormalLayers l = denormal_layers();
+  check_close(ch03::mha_forward(l.x, l.mha), ref_mha(l.x, l.mha).out, kDenormAtol, kDenormRtol,
+              "ch03 denormal");
+}
+
+TEST_CASE("ch04: layer inputs of ~1e-40 give finite outputs equal to double precision",
+          "[reliability][ch04]") {
+  const DenormalLayers l = denormal_layers();
+  check_close(ch04::latent_forward(l.x, l.latent), ref_latent(l.x, l.latent).out, kDenormAtol,
+              kDenormRtol, "ch04 denormal");
+}
+
+TEST_CASE("ch05: layer inputs of ~1e-40 give finite outputs equal to double precision",
+          "[reliability][ch05]") {
+  const DenormalLayers l = denormal_layers();
+  check_close(ch05::absorbed_forward(l.x, l.latent), ref_latent(l.x, l.latent).out, kDenormAtol,
+              kDenormRtol, "ch05 denormal");
 }
 
 TEST_CASE("ch06: denormal inputs give finite outputs equal to double precision, both paths",
-          "[reliability]") {
+          "[reliability][ch06]") {
   // The RMSNorms lift the latents to ~1e-40/sqrt(eps), so the outputs are tiny (~1e-37) but
   // normal; the rope keys stay subnormal. Compared relative to the output's scale: measured
   // worst error ~3e-7 of it.
   Rng rng(kDefaultSeed);
   const MlaConfig cfg = small_mla_config();
   const auto w = std::make_shared<const ch06::MlaWeights>(ch06::random_mla_weights(cfg, rng));
-  Tensor3 pre = xt::empty<float>({std::size_t{2}, std::size_t{6}, cfg.hidden_size});
-  Tensor3 dec = xt::empty<float>({std::size_t{2}, std::size_t{3}, cfg.hidden_size});
-  for (float& v : pre) v = rng.normal(kDenormal);
-  for (float& v : dec) v = rng.normal(kDenormal);
+  const Tensor3 pre = random_tensor3(rng, 2, 6, cfg.hidden_size, kDenormal);
+  const Tensor3 dec = random_tensor3(rng, 2, 3, cfg.hidden_size, kDenormal);
   check_mla_paths(cfg, w, pre, dec, 1e-5, 1e-5, true, "ch06 denormal");
 }
 
@@ -547,7 +506,7 @@ Ch01Poisoned ch01_poisoned(std::size_t T, std::size_t d, std::size_t bad, float 
 }  // namespace
 
 TEST_CASE("ch01: NaN or Inf in one token's input makes it and every later token non-finite",
-          "[reliability]") {
+          "[reliability][ch01]") {
   const std::size_t T = 10, d = 16, bad = 4;
   for (float poison : {kNaN, kInf, -kInf}) {
     const Ch01Poisoned r = ch01_poisoned(T, d, bad, poison);
@@ -564,7 +523,7 @@ TEST_CASE("ch01: NaN or Inf in one token's input makes it and every later token 
 }
 
 TEST_CASE("ch01: NaN or Inf in one token's input leaves earlier tokens' outputs unchanged",
-          "[reliability]") {
+          "[reliability][ch01]") {
   // A masked key gets weight exactly 0, but 0 · NaN = NaN: a dense P·v lets a later token's
   // non-finite value into every earlier row. Earlier tokens never look at it, so their outputs
   // must be bit-for-bit what they were.
@@ -589,9 +548,7 @@ void check_mla_poison(bool in_prefill, std::size_t b, std::size_t t, float poiso
   const MlaConfig cfg = small_mla_config();
   const auto w = std::make_shared<const ch06::MlaWeights>(ch06::random_mla_weights(cfg, rng));
   const std::size_t B = 2, S = 6, N = 4, D = cfg.hidden_size;
-  Tensor3 pre = xt::empty<float>({B, S, D}), dec = xt::empty<float>({B, N, D});
-  for (float& v : pre) v = rng.normal();
-  for (float& v : dec) v = rng.normal();
+  const Tensor3 pre = random_tensor3(rng, B, S, D), dec = random_tensor3(rng, B, N, D);
   Tensor3 pre_p = pre, dec_p = dec;
   (in_prefill ? pre_p(b, t, 0) : dec_p(b, t, 0)) = poison;
   const std::size_t first_bad = in_prefill ? t : S + t;  // position of the poisoned token
@@ -624,14 +581,14 @@ void check_mla_poison(bool in_prefill, std::size_t b, std::size_t t, float poiso
 }  // namespace
 
 TEST_CASE("ch06: NaN or Inf in a prefill token propagates through the cache, both paths",
-          "[reliability]") {
+          "[reliability][ch06]") {
   check_mla_poison(true, 0, 2, kNaN);
   check_mla_poison(true, 1, 5, kInf);  // the last prefill token: only decode sees it later
   check_mla_poison(true, 1, 0, -kInf);
 }
 
 TEST_CASE("ch06: NaN or Inf in a decoded token propagates to the later decode steps, both paths",
-          "[reliability]") {
+          "[reliability][ch06]") {
   check_mla_poison(false, 1, 1, kNaN);
   check_mla_poison(false, 0, 3, kInf);
 }
@@ -651,7 +608,7 @@ ch06::MlaWeights load_from(const std::vector<TensorData>& t, const MlaConfig& cf
 }  // namespace
 
 TEST_CASE("load_mla_weights refuses NaN and Inf in any weight, naming the tensor and the index",
-          "[reliability]") {
+          "[reliability][ch06]") {
   Rng rng(kDefaultSeed);
   for (bool q_lora : {true, false}) {
     MlaConfig cfg = small_mla_config();

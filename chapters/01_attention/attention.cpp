@@ -24,11 +24,7 @@ Mat attention_weights(const Mat& q, const Mat& k, Masking masking) {
                                 std::to_string(m) + ") as queries (" + std::to_string(n) + ")");
   }
 #if MLA_EXERCISES
-  MLA_EXERCISE(
-      "1.1", "attention_weights()",
-      "scores (n, m) = q·kᵀ / sqrt(d_k) (mla::linear(q, k) computes q·kᵀ); if causal, "
-      "apply_causal_mask(scores, m - n) (query i sits at position m-n+i, so keys after it "
-      "become -inf); then softmax_rows(scores): every row sums to 1, masked entries are 0");
+  MLA_EXERCISE("1.1", "attention_weights()", "see chapters/01_attention/README.md, exercise 1.1");
 #else
   // scores (n, m) = q · kᵀ: one BLAS call (mla::linear computes x · Wᵀ, and k is laid out as W).
   Mat scores = linear(q, k);
@@ -50,10 +46,7 @@ Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking) {
   }
 #if MLA_EXERCISES
   (void)q, (void)masking;
-  MLA_EXERCISE("1.2", "attention()",
-               "out (n, d_v) = P (n, m) · v (m, d_v) with P = attention_weights(q, k, masking), "
-               "your 1.1: row i of the output is the P(i, ·)-weighted mean of the value rows; "
-               "mla::matmul(a, b) multiplies two matrices");
+  MLA_EXERCISE("1.2", "attention()", "see chapters/01_attention/README.md, exercise 1.2");
 #else
   // (n, m) · (m, d_v) -> (n, d_v)
   const Mat P = attention_weights(q, k, masking);
@@ -74,30 +67,30 @@ Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking) {
 #endif
 }
 
-void attend_one(const float* q, const float* k, std::size_t k_stride, const float* v,
-                std::size_t v_stride, std::size_t m, std::size_t d_k, std::size_t d_v,
+void attend_one(const float* q, RowView<const float> keys, RowView<const float> values,
                 float* scratch, float* out, float scale) {
+  const std::size_t m = keys.rows(), d_k = keys.cols(), d_v = values.cols();
+  if (values.rows() != m) {
+    throw std::invalid_argument("attend_one: " + std::to_string(m) + " keys but " +
+                                std::to_string(values.rows()) + " values");
+  }
   if (m == 0) {  // nothing to attend to: the zero vector, as softmax_rows gives a masked row
     for (std::size_t j = 0; j < d_v; ++j) out[j] = 0.0f;
     return;
   }
   if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(d_k));
 #if MLA_EXERCISES
-  (void)q, (void)k, (void)k_stride, (void)v, (void)v_stride, (void)scratch;
-  MLA_EXERCISE("1.3", "attend_one()",
-               "key row r (r < m) starts at k + r*k_stride, value row r at v + r*v_stride; "
-               "scratch[r] = scale * (key row r · q) over d_k numbers; mla::softmax(scratch, m); "
-               "out[j] = sum over r of scratch[r] * (value row r)[j], for j < d_v "
-               "(plain loops, or two cblas_sgemv calls)");
+  (void)q, (void)scratch;
+  MLA_EXERCISE("1.3", "attend_one()", "see chapters/01_attention/README.md, exercise 1.3");
 #else
   const auto M = static_cast<int>(m), DK = static_cast<int>(d_k), DV = static_cast<int>(d_v);
   // scratch (m) = scale · K q: one matrix-vector product over the strided rows of K.
-  cblas_sgemv(CblasRowMajor, CblasNoTrans, M, DK, scale, k, static_cast<int>(k_stride), q, 1, 0.0f,
-              scratch, 1);
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, M, DK, scale, keys.data(),
+              static_cast<int>(keys.stride()), q, 1, 0.0f, scratch, 1);
   softmax(scratch, m);
   // out (d_v) = Vᵀ p: the weighted sum of the value rows.
-  cblas_sgemv(CblasRowMajor, CblasTrans, M, DV, 1.0f, v, static_cast<int>(v_stride), scratch, 1,
-              0.0f, out, 1);
+  cblas_sgemv(CblasRowMajor, CblasTrans, M, DV, 1.0f, values.data(),
+              static_cast<int>(values.stride()), scratch, 1, 0.0f, out, 1);
 #endif
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mla/random.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch01 {
@@ -41,16 +42,15 @@ Mat attention_weights(const Mat& q, const Mat& k, Masking masking = Masking::cau
 Mat attention(const Mat& q, const Mat& k, const Mat& v, Masking masking = Masking::causal);
 
 /// One query against m keys it may all see (the decode step: the cache holds only the past).
-/// Works on raw row-major memory with row strides, so a caller can point it at one head's
-/// columns of a bigger cache without copying.
+/// Reads keys and values as row views, so a caller can point it at one head's columns of a
+/// bigger cache without copying (`cache.cols_range(g·d_h, d_h)`).
 /// @param q        (d_k) the query
-/// @param k        (m, d_k) keys, row r at `k + r·k_stride`
-/// @param v        (m, d_v) values, row r at `v + r·v_stride`
+/// @param keys     (m, d_k) keys, any row stride
+/// @param values   (m, d_v) values, any row stride (std::invalid_argument if not m rows)
 /// @param scratch  (m) room for the scores
 /// @param out      (d_v) \f$\mathrm{softmax}(k\,q/\sqrt{d_k})^\top v\f$
 /// @param scale    the factor on the scores; 0 means \f$1/\sqrt{d_k}\f$
-void attend_one(const float* q, const float* k, std::size_t k_stride, const float* v,
-                std::size_t v_stride, std::size_t m, std::size_t d_k, std::size_t d_v,
+void attend_one(const float* q, RowView<const float> keys, RowView<const float> values,
                 float* scratch, float* out, float scale = 0.0f);
 
 // ---------------------------------------------------------------------------------------------

@@ -111,14 +111,7 @@ CachedDecoder::CachedDecoder(const ToyDecoder& model)
 Mat CachedDecoder::step(const std::vector<int>& new_tokens) {
 #if MLA_EXERCISES
   (void)new_tokens;
-  MLA_EXERCISE(
-      "2.1", "CachedDecoder::step()",
-      "follow forward_full, but run only the n new tokens (n, d) through each layer l: "
-      "q, k, v = linear(rmsnorm(h), W_q/W_k/W_v); cache_.append(l, k, v); new token i sits "
-      "at position past+i (past = cache_.tokens()) and sees past+i+1 cached rows: "
-      "ch01::attend_one(&q(i, 0), cache_.keys(l), d, cache_.values(l), d, past+i+1, d, d, "
-      "scratch_ (room for past+n), &att(i, 0)); h += linear(att, W_o). Then "
-      "cache_.commit(n) and the final rmsnorm");
+  MLA_EXERCISE("2.1", "CachedDecoder::step()", "see chapters/02_kv_cache/README.md, exercise 2.1");
 #else
   const std::size_t n = new_tokens.size(), d = model_.d_model(), past = cache_.tokens();
   Mat h = embed_tokens(model_, new_tokens);  // (n, d): only the new tokens
@@ -133,8 +126,9 @@ Mat CachedDecoder::step(const std::vector<int>& new_tokens) {
     for (std::size_t i = 0; i < n; ++i) {
       // New token i sits at position past+i and sees the cached tokens 0..past+i: no mask needed,
       // the cache simply holds nothing later.
-      ch01::attend_one(&q(i, 0), cache_.keys(l), d, cache_.values(l), d, past + i + 1, d, d,
-                       scratch_.data(), &att(i, 0));
+      const std::size_t seen = past + i + 1;
+      ch01::attend_one(&q(i, 0), cache_.keys(l).rows_range(0, seen),
+                       cache_.values(l).rows_range(0, seen), scratch_.data(), &att(i, 0));
     }
     h += linear(att, layer.W_o);
   }
@@ -164,13 +158,7 @@ Generation generate_cached(const ToyDecoder& model, const std::vector<int>& prom
   if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
 #if MLA_EXERCISES
   (void)model, (void)steps;
-  MLA_EXERCISE(
-      "2.2", "generate_cached()",
-      "g.hidden = (steps, d_model); CachedDecoder dec(model); H = dec.step(prompt) runs the "
-      "whole prompt once (prefill); then per step s: the last row of H is the hidden state, "
-      "copy it to g.hidden row s, next_token(model, last row) is the new token; feed ONLY "
-      "that token back with dec.step({token}) (the cache holds the rest). Same tokens as "
-      "generate_recompute");
+  MLA_EXERCISE("2.2", "generate_cached()", "see chapters/02_kv_cache/README.md, exercise 2.2");
 #else
   Generation g;
   g.hidden = xt::empty<float>({steps, model.d_model()});

@@ -8,6 +8,7 @@
 
 #include "01_attention/attention.hpp"
 #include "mla/random.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch02 {
@@ -74,10 +75,15 @@ class KvCache {
   std::size_t bytes(std::size_t bytes_per_number = sizeof(float)) const {
     return floats() * bytes_per_number;
   }
-  /// Keys of layer `l`: (tokens(), d_model), row-major.
-  const float* keys(std::size_t l) const { return k_[l].data(); }
-  /// Values of layer `l`: (tokens(), d_model), row-major.
-  const float* values(std::size_t l) const { return v_[l].data(); }
+  /// Keys of layer `l`: (rows appended to layer l, d_model), which is (tokens(), d_model) after
+  /// commit(); valid until the next append().
+  RowView<const float> keys(std::size_t l) const {
+    return {k_[l].data(), k_[l].size() / d_model_, d_model_};
+  }
+  /// Values of layer `l`, as keys(l).
+  RowView<const float> values(std::size_t l) const {
+    return {v_[l].data(), v_[l].size() / d_model_, d_model_};
+  }
   /// Append n rows of keys and values to layer `l`: k, v (n, d_model). Call layer by layer; the
   /// token count advances with commit().
   void append(std::size_t l, const Mat& k, const Mat& v);

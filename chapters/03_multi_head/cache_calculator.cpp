@@ -118,12 +118,8 @@ std::vector<ModelShape> load_model_shapes(const std::string& dir) {
 std::size_t cache_elements_per_layer(const ModelShape& m) {
 #if MLA_EXERCISES
   (void)m;
-  MLA_EXERCISE(
-      "3.3", "cache_elements_per_layer()",
-      "numbers one token leaves in one layer's cache: MHA, GQA and MQA cache a key and a "
-      "value of head_dim for each of the kv_heads key/value heads (2·n_kv·d_h: n_kv = n_h, "
-      "n_g or 1); MLA caches one latent of kv_lora_rank plus one rope key of "
-      "qk_rope_head_dim, shared by all heads (d_c + d_h^R; check m.kind)");
+  MLA_EXERCISE("3.3", "cache_elements_per_layer()",
+               "see chapters/03_multi_head/README.md, exercise 3.3");
 #else
   if (m.kind == AttentionKind::MLA) return m.kv_lora_rank + m.qk_rope_head_dim;
   return 2 * m.kv_heads * m.head_dim;

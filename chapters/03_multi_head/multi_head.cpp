@@ -6,6 +6,7 @@
 
 #include "01_attention/attention.hpp"
 #include "mla/exercise.hpp"
+#include "mla/rows.hpp"
 
 namespace mla::ch03 {
 
@@ -26,14 +27,6 @@ void check_shape(const MhaWeights& w) {
       w.W_o.shape(0) != d || w.W_o.shape(1) != w.n_heads * w.head_dim) {
     throw std::invalid_argument("MhaWeights: projection shapes do not match the head counts");
   }
-}
-
-// Columns [c0, c0 + width) of a (rows, cols) matrix as a (rows, width) matrix of their own.
-// (maybe_unused: in exercise mode its only caller is a stub, and a learner may want it back.)
-[[maybe_unused]] Mat columns(const Mat& a, std::size_t c0, std::size_t width) {
-  Mat out = xt::empty<float>({a.shape(0), width});
-  for (std::size_t r = 0; r < a.shape(0); ++r) std::copy_n(&a(r, c0), width, &out(r, 0));
-  return out;
 }
 
 }  // namespace
@@ -59,12 +52,7 @@ Mat mha_forward(const Mat& x, const MhaWeights& w) {
   check_shape(w);
 #if MLA_EXERCISES
   (void)x;
-  MLA_EXERCISE("3.1", "mha_forward()",
-               "q = linear(x, W_q) (T, n_h·d_h), k and v = linear(x, W_k / W_v) (T, n_kv·d_h); "
-               "head h owns columns h·d_h .. h·d_h+d_h of q and reads key/value head "
-               "g = h / group_size() (columns g·d_h ..); each head is ch01::attention(q_h, k_g, "
-               "v_g) (causal) on (T, d_h) slices (columns() copies a slice); write head h's "
-               "(T, d_h) output into columns h·d_h of a (T, n_h·d_h) matrix, then linear(it, W_o)");
+  MLA_EXERCISE("3.1", "mha_forward()", "see chapters/03_multi_head/README.md, exercise 3.1");
 #else
   const std::size_t T = x.shape(0), dh = w.head_dim, group = w.group_size();
   // x (T, d_model) -> q (T, n_h·d_h), k and v (T, n_kv·d_h): head h owns columns h·d_h .. +d_h.
@@ -93,29 +81,26 @@ Mat MhaDecoder::step(const Mat& x_new) {
                                 ") inputs");
   }
 #if MLA_EXERCISES
-  MLA_EXERCISE("3.2", "MhaDecoder::step()",
-               "project only the n new tokens: q (n, n_h·d_h), k and v (n, n_kv·d_h); "
-               "cache_.append(0, k, v) and cache_.commit(n) (one layer, rows n_kv·d_h wide); then "
-               "for new token i (position past+i) and head h, with g = h / group_size(): "
-               "ch01::attend_one(&q(i, h·d_h), cache_.keys(0) + g·d_h, n_kv·d_h, "
-               "cache_.values(0) + g·d_h, n_kv·d_h, past+i+1, d_h, d_h, scratch, &heads(i, h·d_h)) "
-               "reads head g's columns in place (row stride n_kv·d_h); return linear(heads, W_o)");
+  MLA_EXERCISE("3.2", "MhaDecoder::step()", "see chapters/03_multi_head/README.md, exercise 3.2");
 #else
   const std::size_t n = x_new.shape(0), dh = w_.head_dim, group = w_.group_size();
-  const std::size_t kv_width = w_.n_kv_heads * dh, past = cache_.tokens();
+  const std::size_t past = cache_.tokens();
   // Only the new tokens are projected; their keys and values join the cache, (n, n_kv·d_h) each.
   const Mat q = linear(x_new, w_.W_q), k = linear(x_new, w_.W_k), v = linear(x_new, w_.W_v);
   cache_.append(0, k, v);
   cache_.commit(n);
+  // The cache: (past + n, n_kv·d_h) keys and values; head g's are columns g·d_h .. g·d_h + d_h.
+  const RowView<const float> keys = cache_.keys(0), values = cache_.values(0);
   Mat heads = xt::empty<float>({n, w_.n_heads * dh});
   std::vector<float> scratch(past + n);
   for (std::size_t i = 0; i < n; ++i) {
     for (std::size_t h = 0; h < w_.n_heads; ++h) {
       const std::size_t g = h / group;
-      // Head h's query against its group's cached keys and values, read in place: column
-      // offset g·d_h, row stride n_kv·d_h. Token past+i sees positions 0..past+i.
-      ch01::attend_one(&q(i, h * dh), cache_.keys(0) + g * dh, kv_width, cache_.values(0) + g * dh,
-                       kv_width, past + i + 1, dh, dh, scratch.data(), &heads(i, h * dh));
+      // Head h's query against its group's cached keys and values, read in place (a column
+      // range of the cache rows). Token past+i sees positions 0..past+i.
+      ch01::attend_one(&q(i, h * dh), keys.cols_range(g * dh, dh).rows_range(0, past + i + 1),
+                       values.cols_range(g * dh, dh).rows_range(0, past + i + 1), scratch.data(),
+                       &heads(i, h * dh));
     }
   }
   return linear(heads, w_.W_o);

@@ -10,32 +10,17 @@
 
 #include "01_attention/attention.hpp"
 #include "mla/exercise.hpp"
+#include "mla/rows.hpp"
 
 namespace mla::ch04 {
 
 namespace {
 
-std::string shape_str(const Mat& m) {
-  return "(" + std::to_string(m.shape(0)) + ", " + std::to_string(m.shape(1)) + ")";
-}
-
 void expect_shape(const Mat& m, std::size_t rows, std::size_t cols, const char* name) {
   if (m.shape(0) != rows || m.shape(1) != cols) {
     throw std::invalid_argument(std::string("latent weights: ") + name + " is " + shape_str(m) +
-                                ", expected (" + std::to_string(rows) + ", " +
-                                std::to_string(cols) + ")");
+                                ", expected " + shape_str({rows, cols}));
   }
-}
-
-// Copy `cols` columns starting at `col0` of rows 0..rows-1 of a row-major buffer with row stride
-// `ld` into a fresh (rows, cols) matrix: one head's slice of a (T, heads·width) matrix.
-Mat slice_columns(const float* src, std::size_t ld, std::size_t rows, std::size_t col0,
-                  std::size_t cols) {
-  Mat out = xt::empty<float>({rows, cols});
-  for (std::size_t r = 0; r < rows; ++r) {
-    std::memcpy(out.data() + r * cols, src + r * ld + col0, cols * sizeof(float));
-  }
-  return out;
 }
 
 }  // namespace
@@ -72,8 +57,8 @@ LatentWeights random_latent(std::size_t d_model, std::size_t heads, std::size_t 
 KvUp split_kv_up(const Mat& W_ukv, std::size_t heads, std::size_t d_k, std::size_t d_v) {
   const std::size_t d_c = W_ukv.shape(1), block = d_k + d_v;
   if (heads == 0 || W_ukv.shape(0) != heads * block) {
-    throw std::invalid_argument("split_kv_up: W_ukv is " + shape_str(W_ukv) + ", expected (" +
-                                std::to_string(heads * block) + ", d_c)");
+    throw std::invalid_argument("split_kv_up: W_ukv is " + shape_str(W_ukv) + ", expected [" +
+                                std::to_string(heads * block) + ", d_c]");
   }
   KvUp up{xt::empty<float>({heads * d_k, d_c}), xt::empty<float>({heads * d_v, d_c})};
   for (std::size_t h = 0; h < heads; ++h) {
@@ -122,10 +107,7 @@ ch03::MhaWeights equivalent_mha(const LatentWeights& w) {
 Mat compress_kv(const Mat& x, const LatentWeights& w) {
 #if MLA_EXERCISES
   (void)x, (void)w;
-  MLA_EXERCISE("4.1", "compress_kv()",
-               "eq. 9, c_KV = W^DKV h for every token: x (T, d_model) times W_dkvᵀ, W_dkv stored "
-               "(d_c, d_model) as (out, in), gives (T, d_c), the only thing the cache keeps "
-               "(mla::linear(x, W) computes x·Wᵀ)");
+  MLA_EXERCISE("4.1", "compress_kv()", "see chapters/04_low_rank_latents/README.md, exercise 4.1");
 #else
   return linear(x, w.W_dkv);     // (T, d_model) -> (T, d_c)
 #endif
@@ -134,11 +116,7 @@ Mat compress_kv(const Mat& x, const LatentWeights& w) {
 Mat expand_kv(const Mat& c_kv, const LatentWeights& w) {
 #if MLA_EXERCISES
   (void)c_kv, (void)w;
-  MLA_EXERCISE("4.2", "expand_kv()",
-               "eqs. 10-11, k = W^UK c and v = W^UV c for every head at once: c_kv (T, d_c) times "
-               "W_ukvᵀ, W_ukv stored (heads·(d_k+d_v), d_c), gives (T, heads·(d_k+d_v)); in the "
-               "kv_b_proj layout row t then holds, per head h, k_{t,h} (d_k) followed by v_{t,h} "
-               "(d_v)");
+  MLA_EXERCISE("4.2", "expand_kv()", "see chapters/04_low_rank_latents/README.md, exercise 4.2");
 #else
   return linear(c_kv, w.W_ukv);  // (T, d_c) -> (T, heads·(d_k + d_v))
 #endif
@@ -152,24 +130,28 @@ Mat attend_expanded(const Mat& q, const Mat& kv, std::size_t T, const LatentShap
                                 " heads and T = " + std::to_string(T));
   }
   Mat out = xt::empty<float>({n, H * s.d_v});
+  // The first T rows of kv; head h's keys are columns h·(d_k + d_v) .. + d_k, its values the d_v
+  // after them.
+  const RowView<const float> rows = RowView(kv).rows_range(0, T);
+  const auto keys = [&](std::size_t h) { return rows.cols_range(h * (s.d_k + s.d_v), s.d_k); };
+  const auto values = [&](std::size_t h) {
+    return rows.cols_range(h * (s.d_k + s.d_v) + s.d_k, s.d_v);
+  };
   if (n == 1) {
     // The decode step: one query per head sees all T tokens. Chapter 1's attend_one reads head
     // h's keys and values in place, as strided rows of kv; nothing is copied.
     std::vector<float> scratch(T);
     for (std::size_t h = 0; h < H; ++h) {
-      const float* k_h = kv.data() + h * (s.d_k + s.d_v);
-      ch01::attend_one(q.data() + h * s.d_k, k_h, ld_kv, k_h + s.d_k, ld_kv, T, s.d_k, s.d_v,
-                       scratch.data(), out.data() + h * s.d_v);
+      ch01::attend_one(q.data() + h * s.d_k, keys(h), values(h), scratch.data(),
+                       out.data() + h * s.d_v);
     }
     return out;
   }
   // Several queries: each head runs chapter 1's (BLAS) attention on a copy of its slices.
   for (std::size_t h = 0; h < H; ++h) {
-    const Mat q_h = slice_columns(q.data(), H * s.d_k, n, h * s.d_k, s.d_k);         // (n, d_k)
-    const Mat k_h = slice_columns(kv.data(), ld_kv, T, h * (s.d_k + s.d_v), s.d_k);  // (T, d_k)
-    const Mat v_h =
-        slice_columns(kv.data(), ld_kv, T, h * (s.d_k + s.d_v) + s.d_k, s.d_v);  // (T, d_v)
-    const Mat o_h = ch01::attention(q_h, k_h, v_h);  // (n, d_v), queries = last n positions
+    const Mat q_h = columns(q, h * s.d_k, s.d_k);                              // (n, d_k)
+    const Mat o_h = ch01::attention(q_h, to_mat(keys(h)), to_mat(values(h)));  // (n, d_v)
+    // queries = the last n positions; head h's output goes to columns h·d_v of out.
     for (std::size_t i = 0; i < n; ++i) {
       std::memcpy(out.data() + i * H * s.d_v + h * s.d_v, o_h.data() + i * s.d_v,
                   s.d_v * sizeof(float));
@@ -222,11 +204,7 @@ Mat LatentDecoder::attend_cached(const Mat& q) {
 #if MLA_EXERCISES
   (void)q;
   MLA_EXERCISE("4.3", "LatentDecoder::attend_cached()",
-               "the cache holds only latents, cache_.data() (T, d_c) row-major with "
-               "T = cache_.size(): rebuild the keys and values of ALL T tokens every step, "
-               "kv (T, heads·(d_k+d_v)) = C·W_ukvᵀ (as expand_kv does; the workspace kv_ and one "
-               "cblas_sgemm avoid copies), then return attend_expanded(q, kv, T, w_->shape()), "
-               "(n, heads·d_v)");
+               "see chapters/04_low_rank_latents/README.md, exercise 4.3");
 #else
   const LatentWeights& w = *w_;
   const std::size_t T = cache_.size(), width = w.heads * (w.d_k + w.d_v);

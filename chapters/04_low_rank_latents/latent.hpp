@@ -10,6 +10,7 @@
 
 #include "03_multi_head/multi_head.hpp"
 #include "mla/random.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch04 {
@@ -116,6 +117,8 @@ class LatentCache {
   std::size_t width() const { return d_c_; }
   /// Row-major (size(), d_c); valid until the next append.
   const float* data() const { return data_.data(); }
+  /// The cached latents as rows: (size(), d_c); valid until the next append.
+  RowView<const float> view() const { return {data_.data(), size_, d_c_}; }
   /// Numbers held: size()·d_c.
   std::size_t floats() const { return size_ * d_c_; }
 

@@ -8,14 +8,9 @@
 #include <xtensor-blas/xlinalg.hpp>
 
 #include "04_low_rank_latents/latent.hpp"
+#include "mla/rows.hpp"
 
 namespace mla::ch04 {
-
-namespace {
-std::string shape_str(const Mat& m) {
-  return "(" + std::to_string(m.shape(0)) + ", " + std::to_string(m.shape(1)) + ")";
-}
-}  // namespace
 
 Svd svd(const Mat& W) {
   // full_matrices = false: U (m, r), Vt (r, n) with r = min(m, n).

@@ -14,10 +14,6 @@ namespace mla::ch05 {
 
 namespace {
 
-std::string shape_str(const Mat& m) {
-  return "(" + std::to_string(m.shape(0)) + ", " + std::to_string(m.shape(1)) + ")";
-}
-
 // (maybe_unused: in exercise mode every caller is a stub.)
 [[maybe_unused]] int i(std::size_t v) {
   return static_cast<int>(v);
@@ -38,12 +34,7 @@ Mat absorb_query(const Mat& q, const Mat& W_uk, std::size_t heads) {
   }
 #if MLA_EXERCISES
   (void)d_c;
-  MLA_EXERCISE(
-      "5.1", "absorb_query()",
-      "q̃_h = W^UK_hᵀ q_h: row r of q (n·heads, d_k) is token r / heads, head h = r % heads; "
-      "head h's block of W_uk is rows h·d_k .. h·d_k+d_k-1, a (d_k, d_c) matrix; so out "
-      "row r (d_c) = q row r (1, d_k) · that block (d_k, d_c). Result (n·heads, d_c), "
-      "which scores against a latent c exactly as q_h scores against k = W^UK_h c");
+  MLA_EXERCISE("5.1", "absorb_query()", "see chapters/05_absorption/README.md, exercise 5.1");
 #else
   const std::size_t n = q.shape(0) / heads;
   Mat out = xt::empty<float>({n * heads, d_c});
@@ -67,12 +58,7 @@ Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads) {
                                 " heads (expected o_lat (n·heads, d_c), W_uv (heads·d_v, d_c))");
   }
 #if MLA_EXERCISES
-  MLA_EXERCISE("5.2", "expand_output()",
-               "o_h = W^UV_h õ_h: row r of o_lat (n·heads, d_c) belongs to head h = r % heads; "
-               "d_v = W_uv.shape(0) / heads and head h's block of W_uv is rows h·d_v .. "
-               "h·d_v+d_v-1, a (d_v, d_c) matrix; out row r (d_v) = that block · o_lat row r, i.e. "
-               "o_lat row (1, d_c) · blockᵀ. Result (n·heads, d_v): attention's weighted sum of "
-               "the rebuilt values, done once per head instead of once per cached token");
+  MLA_EXERCISE("5.2", "expand_output()", "see chapters/05_absorption/README.md, exercise 5.2");
 #else
   const std::size_t n = o_lat.shape(0) / heads, d_v = W_uv.shape(0) / heads;
   Mat out = xt::empty<float>({n * heads, d_v});
@@ -87,23 +73,26 @@ Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads) {
 #endif
 }
 
-void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const float* cache,
-                   std::size_t T, std::size_t d_c, std::size_t start, float scale, float* out) {
+void attend_latent(RowView<const float> q_lat, std::size_t heads, RowView<const float> cache,
+                   std::size_t start, float scale, RowView<float> out) {
+  const std::size_t T = cache.rows(), d_c = cache.cols();
+  if (heads == 0 || q_lat.rows() % heads || q_lat.cols() != d_c || out.rows() != q_lat.rows() ||
+      out.cols() != d_c) {
+    throw std::invalid_argument(
+        "attend_latent: queries " + shape_str({q_lat.rows(), q_lat.cols()}) + " and outputs " +
+        shape_str({out.rows(), out.cols()}) + " do not fit " + std::to_string(heads) +
+        " heads over latents of width " + std::to_string(d_c));
+  }
+  const std::size_t S = q_lat.rows() / heads;
   if (start + S > T) {
     throw std::invalid_argument("attend_latent: queries at positions " + std::to_string(start) +
                                 ".." + std::to_string(start + S) + " but only " +
                                 std::to_string(T) + " tokens cached");
   }
-  if (S == 0 || heads == 0) return;
+  if (S == 0) return;
 #if MLA_EXERCISES
-  (void)q_lat, (void)cache, (void)d_c, (void)scale, (void)out;
-  MLA_EXERCISE(
-      "5.3", "attend_latent()",
-      "every head attends to the SAME latents, which are both keys and values: query row "
-      "r of q_lat (S·heads rows of d_c) belongs to token s = r / heads at position "
-      "start + s and sees cache rows 0 .. start+s; p = softmax(scale · C q̃_r) over those "
-      "rows, out row r (d_c) = Σ_t p_t c_t. Chapter 1's attend_one(q_lat + r·d_c, cache, "
-      "d_c, cache, d_c, start+s+1, d_c, d_c, scratch (T floats), out + r·d_c, scale) does one row");
+  (void)scale;
+  MLA_EXERCISE("5.3", "attend_latent()", "see chapters/05_absorption/README.md, exercise 5.3");
 #else
   // Tokens per block, so that a block's scores (block·heads, T) stay within the budget.
   const std::size_t block = std::max<std::size_t>(1, kScoreBudget / (heads * T));
@@ -116,7 +105,8 @@ void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const f
     // token of the block against the same latents, in one product — the cache is read once per
     // block, not once per head.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i(rows), i(visible), i(d_c), scale,
-                q_lat + s0 * heads * d_c, i(d_c), cache, i(d_c), 0.0f, scores.data(), i(visible));
+                q_lat.row(s0 * heads), i(q_lat.stride()), cache.data(), i(cache.stride()), 0.0f,
+                scores.data(), i(visible));
     for (std::size_t r = 0; r < rows; ++r) {
       const std::size_t sees = start + s0 + r / heads + 1;  // causal: token s sees 0..start+s
       float* row = scores.data() + r * visible;
@@ -125,7 +115,8 @@ void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const f
     }
     // out (rows, d_c) = P (rows, visible) · C (visible, d_c): the latents are the values too.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i(rows), i(d_c), i(visible), 1.0f,
-                scores.data(), i(visible), cache, i(d_c), 0.0f, out + s0 * heads * d_c, i(d_c));
+                scores.data(), i(visible), cache.data(), i(cache.stride()), 0.0f,
+                out.row(s0 * heads), i(out.stride()));
   }
 #endif
 }
@@ -138,8 +129,7 @@ Mat attend_latent(const Mat& q_lat, const ch04::LatentCache& cache, std::size_t 
                                 std::to_string(cache.width()));
   }
   Mat out = xt::empty<float>(q_lat.shape());
-  attend_latent(q_lat.data(), q_lat.shape(0) / heads, heads, cache.data(), cache.size(),
-                cache.width(), start, scale, out.data());
+  attend_latent(RowView(q_lat), heads, cache.view(), start, scale, RowView(out));
   return out;
 }
 

@@ -17,6 +17,7 @@
 #include <cstddef>
 
 #include "04_low_rank_latents/latent.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch05 {
@@ -43,11 +44,12 @@ Mat expand_output(const Mat& o_lat, const Mat& W_uv, std::size_t heads);
 /// and values are both the latents): for query row r of token s = r / heads,
 /// out_r = softmax(scale · C q̃_r restricted to rows 0 … start + s) · C.
 /// @param q_lat  (S·heads, d_c) absorbed queries, token-major; token s sits at position start + s
-/// @param cache  (T, d_c) row-major latents, T ≥ start + S
+/// @param cache  (T, d_c) latents, T ≥ start + S
 /// @param scale  softmax scale; the layer's is 1/sqrt(d_k), the width of the *un*absorbed key
 /// @param out    (S·heads, d_c)
-void attend_latent(const float* q_lat, std::size_t S, std::size_t heads, const float* cache,
-                   std::size_t T, std::size_t d_c, std::size_t start, float scale, float* out);
+/// Throws std::invalid_argument if the shapes disagree or start + S > T.
+void attend_latent(RowView<const float> q_lat, std::size_t heads, RowView<const float> cache,
+                   std::size_t start, float scale, RowView<float> out);
 
 /// attend_latent on a chapter 4 cache. @param q_lat (S·heads, d_c) @return (S·heads, d_c)
 Mat attend_latent(const Mat& q_lat, const ch04::LatentCache& cache, std::size_t start, float scale,

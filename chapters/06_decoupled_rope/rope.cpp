@@ -64,8 +64,7 @@ std::vector<float> yarn_frequencies(std::size_t d_rope, double theta, const Yarn
 #if MLA_EXERCISES
   (void)factor;
   MLA_EXERCISE("6.2", "yarn_frequencies()",
-               "blend each pair's frequency with ramp r.ramp[i] in [0, 1]: "
-               "f_i <- f_i / factor * ramp_i + f_i * (1 - ramp_i) (ramp 0: keep, 1: divide)");
+               "see chapters/06_decoupled_rope/README.md, exercise 6.2");
 #else
   for (std::size_t i = 0; i < f.size(); ++i) {
     // Written as the reference writes it (smooth = 1 - ramp), so float rounding agrees too.
@@ -89,8 +88,7 @@ float mla_softmax_scale(const MlaConfig& cfg) {
 #if MLA_EXERCISES
   (void)cfg;
   MLA_EXERCISE("6.3", "mla_softmax_scale()",
-               "(qk_nope_head_dim + qk_rope_head_dim)^-0.5, times m^2 with "
-               "m = 0.1 * mscale * ln(factor) + 1 when yarn_active(cfg)");
+               "see chapters/06_decoupled_rope/README.md, exercise 6.3");
 #else
   double scale = 1.0 / std::sqrt(static_cast<double>(cfg.qk_head_dim()));
   if (yarn_active(cfg)) {
@@ -133,10 +131,7 @@ void Rope::rotate(float* x, std::size_t count, std::size_t stride, std::size_t p
 #if MLA_EXERCISES
   (void)x;
   (void)stride;
-  MLA_EXERCISE("6.1", "Rope::rotate()",
-               "interleaved pairs: for each of the count vectors y = x + v*stride and each pair i, "
-               "(y[2i], y[2i+1]) <- (y[2i]*cos - y[2i+1]*sin, y[2i]*sin + y[2i+1]*cos), "
-               "cos/sin of pos*freq_i are in cs[i], cs[half+i]");
+  MLA_EXERCISE("6.1", "Rope::rotate()", "see chapters/06_decoupled_rope/README.md, exercise 6.1");
 #else
   for (std::size_t v = 0; v < count; ++v) {
     float* y = x + v * stride;
