@@ -14,10 +14,14 @@
 #     and the docs build fails (a broken link is a bug);
 #   - GitHub math becomes Doxygen math: $x$ and $`x`$ -> \f$x\f$, $$x$$ and ```math -> \f[x\f];
 #   - on the main page, the first link to each chapter is a \subpage (the site's table of contents);
+#   - images: ![alt](../../docs/figures/x.svg) -> ![alt](x.svg), found by name in IMAGE_PATH
+#     (the docs target stages the committed figures and this build's into one folder);
 #   - each chapter page gets, before its "## Exercises": the dataflow diagram
-#     (docs/figures/chNN_dataflow.dot), the figures the plots target drew for it
-#     (docs/plots/chNN_*.gp -> <figures>/chNN_*.svg, only those that exist), and links to the
-#     chapter's API group and source files.
+#     (docs/figures/chNN_dataflow.dot) and the figures the plots target drew for it
+#     (docs/plots/chNN_*.gp -> <figures>/chNN_*.svg, only those that exist), unless the README
+#     already shows them inline (docs/figures/<name>.svg), and links to the chapter's API group
+#     and source files;
+#   - docs/glossary.md is a page too; the main page's first link to it is a \subpage.
 # Line numbers stay those of the file up to the inserted block, so Doxygen's warnings point at the
 # right line.
 #
@@ -86,6 +90,7 @@ my $chapter_dir = $chapter ? dirname($rel_file) : undef;
 # EXCLUDE_PATTERNS).
 sub doxygen_reads {
     my ($rel) = @_;
+    return 1 if $rel eq 'docs/glossary.md';
     return $rel =~ m{^(chapters|common)/} && $rel !~ m{/exercises?(/|$)};
 }
 
@@ -114,7 +119,7 @@ sub rewrite_link {
     return $text unless defined $rel;
 
     if ($bang) {
-        # Images: Doxygen finds them by name in IMAGE_PATH (docs/figures and the built figures).
+        # Images: Doxygen finds them by name in IMAGE_PATH (the staged docs/figures + built ones).
         return "![$text](" . basename($rel) . "$title)" if -f $abs;
         return "![$text](broken-image:$rel)";
     }
@@ -133,7 +138,9 @@ sub rewrite_link {
     return "[$plain](\@ref index)" if $rel eq 'README.md' || $rel eq 'docs/mainpage.md';
     # Another Markdown page that Doxygen reads.
     if ($rel =~ m{\.md$} && -f $abs && doxygen_reads($rel)) {
-        return "[$plain](\@ref " . page_label($rel) . ")";
+        my $to = page_label($rel);
+        return "\\subpage $to \"$plain\"" if $is_main && $rel =~ m{^docs/} && !$subpaged{$to}++;
+        return "[$plain](\@ref $to)";
     }
     # A folder with a README.
     if (-d $abs && -f "$abs/README.md" && doxygen_reads($rel)) {
@@ -208,19 +215,24 @@ sub files_under {
 }
 
 sub chapter_additions {
-    my ($nn) = @_;
+    my ($nn, $page_text) = @_;
     my @out;
     my $ch = "ch$nn";
 
+    # A README that shows a picture inline (![...](../../docs/figures/<name>.svg)) does not get
+    # it a second time here.
+    my $inline = sub { my ($name) = @_; return $page_text =~ m{docs/figures/\Q$name\E\.svg}; };
+
     my $dot = "$root/docs/figures/${ch}_dataflow.dot";
-    if (-f $dot) {
+    if (-f $dot && !$inline->("${ch}_dataflow")) {
         my $caption = caption_of($dot) // "Chapter " . ($nn + 0) . ": the data and its shapes";
         $caption =~ s/"/\\"/g;
         push @out, "## Dataflow {#chapter${nn}_dataflow}", '',
             "\\dotfile ${ch}_dataflow.dot \"$caption\"", '';
     }
 
-    my @plots = grep { m{/${ch}_[^/]*\.gp$} } files_under('docs/plots', qr/\.gp$/);
+    my @plots = grep { m{/${ch}_[^/]*\.gp$} && !$inline->(basename($_, '.gp')) }
+        files_under('docs/plots', qr/\.gp$/);
     if (@plots) {
         push @out, "## Figures {#chapter${nn}_figures}", '';
         my $drawn = 0;
@@ -303,7 +315,7 @@ my $math_fence = 0;     # inside a ```math block
 my $display = 0;        # inside a $$ ... $$ block
 my $titled = 0;         # the first heading got its label
 my $added = !$chapter;  # the chapter additions are in
-my @additions = $chapter ? chapter_additions($chapter) : ();
+my @additions = $chapter ? chapter_additions($chapter, join("\n", @lines)) : ();
 my @pending;            # prose lines held back while an inline formula is open (at most 4)
 
 # Rewrite the held-back lines as one piece of text; they stay as many lines as they were.
