@@ -21,7 +21,9 @@
 #     (docs/plots/chNN_*.gp -> <figures>/chNN_*.svg, only those that exist), unless the README
 #     already shows them inline (docs/figures/<name>.svg), and links to the chapter's API group
 #     and source files;
-#   - docs/glossary.md is a page too; the main page's first link to it is a \subpage.
+#   - docs/glossary.md is a page too; the main page's first link to it is a \subpage;
+#   - a link to a heading of the same page ([text](#github-slug)) becomes a reference to a label
+#     that heading gets ({#<page label>_<slug>}).
 # Line numbers stay those of the file up to the inserted block, so Doxygen's warnings point at the
 # right line.
 #
@@ -102,6 +104,17 @@ sub file_ref {
     return $ref;
 }
 my %subpaged;  # chapter labels already made a \subpage of the main page
+my %heading_label;  # GitHub heading slug -> Doxygen label, for headings this page links to
+
+# The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens.
+sub github_slug {
+    my ($title) = @_;
+    utf8::decode($title);  # the file's bytes are UTF-8: "—" is punctuation, not three letters
+    my $slug = lc $title;
+    $slug =~ s/[^\p{L}\p{N}_\- ]//g;
+    $slug =~ s/ /-/g;
+    return $slug;
+}
 
 # Rewrite one Markdown link [text](target) (or image ![alt](target)) into what Doxygen resolves.
 sub rewrite_link {
@@ -110,7 +123,10 @@ sub rewrite_link {
     # Doxygen shows a reference's text as it is: `latent.hpp` would keep its backticks.
     my $plain = $text;
     $plain =~ s/`+([^`]*)`+/$1/g;
-    # Absolute URLs, anchors in this page and Doxygen references stay as they are.
+    # An anchor in this page that names one of its headings (GitHub's slug): a reference to the
+    # label that heading gets (see %heading_label).
+    return "[$plain](\@ref $heading_label{$1})" if $target =~ m{^#([\w-]+)$} && $heading_label{$1};
+    # Absolute URLs, other anchors and Doxygen references stay as they are.
     return $original if $target =~ m{^([A-Za-z][A-Za-z0-9+.-]*:|#|@|\\)};
     (my $path = $target) =~ s/#.*$//;
     return $original if $path eq '';
@@ -298,6 +314,27 @@ if ($file !~ /\.md$/) {
 }
 chomp @lines;
 
+# Headings that a link of this page points at ([text](#slug)) get a label, so the link works on
+# the site as it does on GitHub.
+{
+    my %wanted;
+    my $in_code = 0;
+    for my $l (@lines) {
+        if ($l =~ /^\s*(`{3,}|~{3,})/) { $in_code = !$in_code; next; }
+        next if $in_code;
+        $wanted{$1} = 1 while $l =~ /\]\(#([\w-]+)\)/g;
+    }
+    $in_code = 0;
+    for my $l (@lines) {
+        if ($l =~ /^\s*(`{3,}|~{3,})/) { $in_code = !$in_code; next; }
+        next if $in_code || $l !~ /^#{2,6}\s+(.*?)\s*$/;
+        my $slug = github_slug($1);
+        next unless $wanted{$slug} && !$heading_label{$slug};
+        (my $id = $slug) =~ s/-/_/g;
+        $heading_label{$slug} = "${label}_$id";
+    }
+}
+
 # True if a paragraph's text leaves an inline formula open: a "$" that starts one ($x...) with
 # no "$" closing it yet (GitHub lets inline math run over a line break).
 sub opens_math {
@@ -369,6 +406,10 @@ for my $line (@lines) {
     }
     if ($line =~ /^\s*$/ || $line =~ /^#/) {  # a paragraph ends: a formula cannot go on
         flush();
+        if ($line =~ /^#{2,6}\s+(.*?)\s*$/ && $line !~ /\{#[\w-]+\}\s*$/) {
+            my $slug = github_slug($1);
+            $line .= " {#$heading_label{$slug}}" if $heading_label{$slug};
+        }
         push @out, rewrite_prose($line);
         next;
     }

@@ -17,6 +17,7 @@
 #       that differ (run figures-update and commit). Timing figures are only listed.
 #
 # Timing figures differ from machine to machine and from run to run: they are never checked.
+cmake_minimum_required(VERSION 3.16)  # IN_LIST in script mode
 set(timing_figures ch02_decode_times ch05_decode_step ch05_prefill_chunk ch07_roofline)
 
 if(MODE STREQUAL "stage")
@@ -114,8 +115,9 @@ if(MODE STREQUAL "update")
   endif()
   cmake_host_system_information(RESULT ncpu QUERY NUMBER_OF_LOGICAL_CORES)
   string(TIMESTAMP today "%Y-%m-%d")
+  list(JOIN timing_figures ", " timing_text)
   file(WRITE "${SOURCE}/drawn_on.txt"
-       "The timing figures (${timing_figures}) in this folder were drawn on ${today} by\n"
+       "The timing figures (${timing_text}) in this folder were drawn on ${today} by\n"
        "`cmake --build build --target figures-update` on: ${cpu}, ${ncpu} logical CPUs,\n"
        "vector extensions:${simd}. Timings on another machine differ; the other figures do not\n"
        "depend on the machine (up to float rounding).\n")
