@@ -14,10 +14,16 @@
 #     and the docs build fails (a broken link is a bug);
 #   - GitHub math becomes Doxygen math: $x$ and $`x`$ -> \f$x\f$, $$x$$ and ```math -> \f[x\f];
 #   - on the main page, the first link to each chapter is a \subpage (the site's table of contents);
+#   - images: ![alt](../../docs/figures/x.svg) -> ![alt](x.svg), found by name in IMAGE_PATH
+#     (the docs target stages the committed figures and this build's into one folder);
 #   - each chapter page gets, before its "## Exercises": the dataflow diagram
-#     (docs/figures/chNN_dataflow.dot), the figures the plots target drew for it
-#     (docs/plots/chNN_*.gp -> <figures>/chNN_*.svg, only those that exist), and links to the
-#     chapter's API group and source files.
+#     (docs/figures/chNN_dataflow.dot) and the figures the plots target drew for it
+#     (docs/plots/chNN_*.gp -> <figures>/chNN_*.svg, only those that exist), unless the README
+#     already shows them inline (docs/figures/<name>.svg), and links to the chapter's API group
+#     and source files;
+#   - docs/glossary.md is a page too; the main page's first link to it is a \subpage;
+#   - a link to a heading of the same page ([text](#github-slug)) becomes a reference to a label
+#     that heading gets ({#<page label>_<slug>}).
 # Line numbers stay those of the file up to the inserted block, so Doxygen's warnings point at the
 # right line.
 #
@@ -86,6 +92,7 @@ my $chapter_dir = $chapter ? dirname($rel_file) : undef;
 # EXCLUDE_PATTERNS).
 sub doxygen_reads {
     my ($rel) = @_;
+    return 1 if $rel eq 'docs/glossary.md';
     return $rel =~ m{^(chapters|common)/} && $rel !~ m{/exercises?(/|$)};
 }
 
@@ -97,6 +104,17 @@ sub file_ref {
     return $ref;
 }
 my %subpaged;  # chapter labels already made a \subpage of the main page
+my %heading_label;  # GitHub heading slug -> Doxygen label, for headings this page links to
+
+# The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens.
+sub github_slug {
+    my ($title) = @_;
+    utf8::decode($title);  # the file's bytes are UTF-8: "—" is punctuation, not three letters
+    my $slug = lc $title;
+    $slug =~ s/[^\p{L}\p{N}_\- ]//g;
+    $slug =~ s/ /-/g;
+    return $slug;
+}
 
 # Rewrite one Markdown link [text](target) (or image ![alt](target)) into what Doxygen resolves.
 sub rewrite_link {
@@ -105,7 +123,10 @@ sub rewrite_link {
     # Doxygen shows a reference's text as it is: `latent.hpp` would keep its backticks.
     my $plain = $text;
     $plain =~ s/`+([^`]*)`+/$1/g;
-    # Absolute URLs, anchors in this page and Doxygen references stay as they are.
+    # An anchor in this page that names one of its headings (GitHub's slug): a reference to the
+    # label that heading gets (see %heading_label).
+    return "[$plain](\@ref $heading_label{$1})" if $target =~ m{^#([\w-]+)$} && $heading_label{$1};
+    # Absolute URLs, other anchors and Doxygen references stay as they are.
     return $original if $target =~ m{^([A-Za-z][A-Za-z0-9+.-]*:|#|@|\\)};
     (my $path = $target) =~ s/#.*$//;
     return $original if $path eq '';
@@ -114,7 +135,7 @@ sub rewrite_link {
     return $text unless defined $rel;
 
     if ($bang) {
-        # Images: Doxygen finds them by name in IMAGE_PATH (docs/figures and the built figures).
+        # Images: Doxygen finds them by name in IMAGE_PATH (the staged docs/figures + built ones).
         return "![$text](" . basename($rel) . "$title)" if -f $abs;
         return "![$text](broken-image:$rel)";
     }
@@ -133,7 +154,9 @@ sub rewrite_link {
     return "[$plain](\@ref index)" if $rel eq 'README.md' || $rel eq 'docs/mainpage.md';
     # Another Markdown page that Doxygen reads.
     if ($rel =~ m{\.md$} && -f $abs && doxygen_reads($rel)) {
-        return "[$plain](\@ref " . page_label($rel) . ")";
+        my $to = page_label($rel);
+        return "\\subpage $to \"$plain\"" if $is_main && $rel =~ m{^docs/} && !$subpaged{$to}++;
+        return "[$plain](\@ref $to)";
     }
     # A folder with a README.
     if (-d $abs && -f "$abs/README.md" && doxygen_reads($rel)) {
@@ -208,19 +231,24 @@ sub files_under {
 }
 
 sub chapter_additions {
-    my ($nn) = @_;
+    my ($nn, $page_text) = @_;
     my @out;
     my $ch = "ch$nn";
 
+    # A README that shows a picture inline (![...](../../docs/figures/<name>.svg)) does not get
+    # it a second time here.
+    my $inline = sub { my ($name) = @_; return $page_text =~ m{docs/figures/\Q$name\E\.svg}; };
+
     my $dot = "$root/docs/figures/${ch}_dataflow.dot";
-    if (-f $dot) {
+    if (-f $dot && !$inline->("${ch}_dataflow")) {
         my $caption = caption_of($dot) // "Chapter " . ($nn + 0) . ": the data and its shapes";
         $caption =~ s/"/\\"/g;
         push @out, "## Dataflow {#chapter${nn}_dataflow}", '',
             "\\dotfile ${ch}_dataflow.dot \"$caption\"", '';
     }
 
-    my @plots = grep { m{/${ch}_[^/]*\.gp$} } files_under('docs/plots', qr/\.gp$/);
+    my @plots = grep { m{/${ch}_[^/]*\.gp$} && !$inline->(basename($_, '.gp')) }
+        files_under('docs/plots', qr/\.gp$/);
     if (@plots) {
         push @out, "## Figures {#chapter${nn}_figures}", '';
         my $drawn = 0;
@@ -286,6 +314,27 @@ if ($file !~ /\.md$/) {
 }
 chomp @lines;
 
+# Headings that a link of this page points at ([text](#slug)) get a label, so the link works on
+# the site as it does on GitHub.
+{
+    my %wanted;
+    my $in_code = 0;
+    for my $l (@lines) {
+        if ($l =~ /^\s*(`{3,}|~{3,})/) { $in_code = !$in_code; next; }
+        next if $in_code;
+        $wanted{$1} = 1 while $l =~ /\]\(#([\w-]+)\)/g;
+    }
+    $in_code = 0;
+    for my $l (@lines) {
+        if ($l =~ /^\s*(`{3,}|~{3,})/) { $in_code = !$in_code; next; }
+        next if $in_code || $l !~ /^#{2,6}\s+(.*?)\s*$/;
+        my $slug = github_slug($1);
+        next unless $wanted{$slug} && !$heading_label{$slug};
+        (my $id = $slug) =~ s/-/_/g;
+        $heading_label{$slug} = "${label}_$id";
+    }
+}
+
 # True if a paragraph's text leaves an inline formula open: a "$" that starts one ($x...) with
 # no "$" closing it yet (GitHub lets inline math run over a line break).
 sub opens_math {
@@ -303,7 +352,7 @@ my $math_fence = 0;     # inside a ```math block
 my $display = 0;        # inside a $$ ... $$ block
 my $titled = 0;         # the first heading got its label
 my $added = !$chapter;  # the chapter additions are in
-my @additions = $chapter ? chapter_additions($chapter) : ();
+my @additions = $chapter ? chapter_additions($chapter, join("\n", @lines)) : ();
 my @pending;            # prose lines held back while an inline formula is open (at most 4)
 
 # Rewrite the held-back lines as one piece of text; they stay as many lines as they were.
@@ -357,6 +406,10 @@ for my $line (@lines) {
     }
     if ($line =~ /^\s*$/ || $line =~ /^#/) {  # a paragraph ends: a formula cannot go on
         flush();
+        if ($line =~ /^#{2,6}\s+(.*?)\s*$/ && $line !~ /\{#[\w-]+\}\s*$/) {
+            my $slug = github_slug($1);
+            $line .= " {#$heading_label{$slug}}" if $heading_label{$slug};
+        }
         push @out, rewrite_prose($line);
         next;
     }
