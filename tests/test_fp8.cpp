@@ -2,8 +2,10 @@
 // derived here from the formats' definitions, and the e4m3fn encoder's round-to-nearest-even.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "mla/fp8.hpp"
@@ -106,4 +108,101 @@ TEST_CASE("e4m3fn encoder: every finite code round-trips, ties go to the even co
   CHECK(mla::float_to_e4m3(-1e-30f) == 0x80);
   CHECK(mla::float_to_e4m3(std::ldexp(1.0f, -10)) ==
         0x00);  // half the smallest subnormal: tie to 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chapter 7's FP8 latent cache: DeepSeek-V3.2's 656-byte layout, quantized once per token
+// ---------------------------------------------------------------------------------------------
+
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "07_optimized_mla/latent_cache.hpp"
+
+namespace {
+
+// The bound one number of an FP8 cache keeps to: e4m3 has 3 mantissa bits, so round-to-nearest
+// is off by at most half a spacing, 2^-4 of the number's magnitude in the normal range, and 2^-10
+// (half the subnormal spacing 2^-9) below it — both in units of the tile's scale.
+double fp8_error_bound(double x, double scale) {
+  return std::max(std::ldexp(std::fabs(x), -4), std::ldexp(scale, -10));
+}
+
+}  // namespace
+
+TEST_CASE("FP8 latent cache: 656 bytes a token, power-of-two scales per 128, the rope in bf16",
+          "[ch07][fp8]") {
+  using mla::ch07::CacheType;
+  using mla::ch07::LatentCache;
+  LatentCache c(512, 64, CacheType::FP8);
+  CHECK(c.row_bytes() == 656);
+  CHECK(c.fp8_scales() == 4);
+  CHECK(c.fp8_scale_offset() == 512);
+  CHECK(c.fp8_rope_offset() == 528);
+  // An odd shape: 2 scales padded to 16 bytes, the rope padded to 16 numbers.
+  LatentCache odd(160, 24, CacheType::FP8);
+  CHECK(odd.fp8_scales() == 2);
+  CHECK(odd.row_bytes() == 160 + 16 + 2 * 32);
+  CHECK_THROWS_AS(LatentCache(64, 8, CacheType::FP8, 24), std::invalid_argument);
+
+  std::mt19937 gen(7);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  const std::size_t T = 150, D = 576;
+  std::vector<float> rows(T * D);
+  for (float& x : rows) x = n01(gen);
+  // Adversarial tokens: one huge number in a tile (the rest of that tile goes subnormal), a tile
+  // of zeros, a tile at exact powers of two (amax/448 a power of two: the scale must not double),
+  // numbers just below a scale boundary, and a tiny tile (scales far below 1).
+  for (std::size_t k = 0; k < 128; ++k) rows[1 * D + k] = k == 5 ? 3.0e4f : 1e-3f;
+  for (std::size_t k = 128; k < 256; ++k) rows[2 * D + k] = 0.0f;
+  for (std::size_t k = 0; k < 128; ++k) rows[3 * D + k] = k == 0 ? 448.0f : 1.0f;
+  for (std::size_t k = 0; k < 128; ++k) rows[4 * D + k] = std::nextafter(448.0f * 4, 0.0f);
+  for (std::size_t k = 384; k < 512; ++k) rows[5 * D + k] = 1e-30f * n01(gen);
+  c.append_rows(rows.data(), T);
+  REQUIRE(c.size() == T);
+  CHECK(c.bytes_per_step() == Approx(double(T) * 656));
+
+  for (std::size_t t = 0; t < T; ++t) {
+    const std::uint8_t* row =
+        c.tile_fp8(t / LatentCache::kTileTokens) + (t % LatentCache::kTileTokens) * c.row_bytes();
+    for (std::size_t j = 0; j < 4; ++j) {
+      float scale;
+      std::memcpy(&scale, row + 512 + 4 * j, 4);
+      double amax = 0;
+      for (std::size_t k = 128 * j; k < 128 * (j + 1); ++k)
+        amax = std::max(amax, double(std::fabs(rows[t * D + k])));
+      INFO("token " << t << ", tile " << j << ", amax " << amax << ", scale " << scale);
+      int e = 0;
+      CHECK(std::frexp(scale, &e) == 0.5f);  // a power of two
+      if (amax == 0) {
+        CHECK(scale == 1.0f);
+      } else {
+        CHECK(amax / scale <= 448.0);  // in range: the codes never saturate
+        CHECK(amax / scale > 224.0);   // and the smallest such power of two
+      }
+      for (std::size_t k = 128 * j; k < 128 * (j + 1); ++k) {
+        const double x = rows[t * D + k], got = c.at(t, k);
+        // Dequantizing is the code's value times the scale, exactly.
+        CHECK(got == double(mla::e4m3_to_float(row[k])) * scale);
+        CHECK(std::fabs(got - x) <= fp8_error_bound(x, scale));
+      }
+    }
+    for (std::size_t k = 512; k < 576; ++k) {
+      const float x = rows[t * D + k];
+      CHECK(std::fabs(c.at(t, k) - x) <= std::ldexp(std::fabs(x), -8));  // bf16: 8 bits
+    }
+  }
+  // The exact power-of-two tile: 448 is a code, so it comes back exactly, with scale 1.
+  CHECK(c.at(3, 0) == 448.0f);
+  CHECK(c.at(3, 1) == 1.0f);
+  // A tile of zeros stays zeros.
+  for (std::size_t k = 128; k < 256; ++k) CHECK(c.at(2, k) == 0.0f);
+
+  std::vector<float> bad(D, 1.0f);
+  bad[300] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_AS(c.append_rows(bad.data(), 1), std::invalid_argument);
+  bad[300] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_AS(c.append_rows(bad.data(), 1), std::invalid_argument);
+  CHECK(c.size() == T);  // a refused token is not appended
 }
