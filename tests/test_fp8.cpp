@@ -206,3 +206,24 @@ TEST_CASE("FP8 latent cache: 656 bytes a token, power-of-two scales per 128, the
   CHECK_THROWS_AS(c.append_rows(bad.data(), 1), std::invalid_argument);
   CHECK(c.size() == T);  // a refused token is not appended
 }
+
+#include "07_optimized_mla/kernels/fp8.hpp"
+
+TEST_CASE("FP8 kernels' SIMD widening: every code, times 2^8, is its e4m3 value", "[ch07][fp8]") {
+  using V = xsimd::batch<float>;
+  alignas(64) std::uint8_t codes[256 + V::size] = {};
+  for (int c = 0; c < 256; ++c) codes[c] = std::uint8_t(c);
+  INFO("path: " << (mla::ch07::e4m3_load_uses_f16c() ? "F16C" : "table") << ", " << V::size
+                << " floats per batch");
+  for (std::size_t c0 = 0; c0 < 256; c0 += V::size) {
+    alignas(64) float got[V::size];
+    mla::ch07::load_e4m3_scaled(codes + c0).store_aligned(got);
+    for (std::size_t i = 0; i < V::size; ++i) {
+      const int c = int(c0 + i);
+      if ((c & 0x7F) == 0x7F) continue;  // NaN codes: never stored by the cache
+      INFO("code 0x" << std::hex << c);
+      CHECK(got[i] * mla::ch07::kE4m3LoadFactor == mla::e4m3_to_float(std::uint8_t(c)));
+      CHECK(std::signbit(got[i]) == bool(c & 0x80));
+    }
+  }
+}
