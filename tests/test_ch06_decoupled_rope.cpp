@@ -16,8 +16,9 @@
 #include "06_decoupled_rope/mla_layer.hpp"
 #include "06_decoupled_rope/rope.hpp"
 #include "06_decoupled_rope/verify.hpp"
+#include "mla/bf16.hpp"
 #include "mla/compare.hpp"
-#include "mla/safetensors.hpp"
+#include "mla/safetensors_writer.hpp"
 
 using namespace mla;
 using namespace mla::ch06;
@@ -53,38 +54,8 @@ fs::path temp_folder(const std::string& name) {
   return p;
 }
 
-std::vector<float> values(const Mat& m) {
-  return {m.begin(), m.end()};
-}
-std::vector<float> values(const Vec& v) {
-  return {v.begin(), v.end()};
-}
 std::vector<float> values(const Tensor3& t) {
   return {t.begin(), t.end()};
-}
-
-// The layer's tensors under checkpoint names, as a DeepSeek shard stores them.
-std::vector<TensorData> layer_tensors(const MlaWeights& w, std::size_t layer, DType dt) {
-  const std::string p = attention_prefix(layer);
-  std::vector<TensorData> t;
-  const auto mat = [&](const char* n, const Mat& m) {
-    t.push_back({p + n + ".weight", dt, {m.shape(0), m.shape(1)}, values(m)});
-  };
-  const auto vec = [&](const char* n, const Vec& v) {
-    t.push_back({p + n + ".weight", dt, {v.size()}, values(v)});
-  };
-  if (w.compressed_query()) {
-    mat("q_a_proj", w.q_a_proj);
-    vec("q_a_layernorm", w.q_a_layernorm);
-    mat("q_b_proj", w.q_b_proj);
-  } else {
-    mat("q_proj", w.q_proj);
-  }
-  mat("kv_a_proj_with_mqa", w.kv_a_proj_with_mqa);
-  vec("kv_a_layernorm", w.kv_a_layernorm);
-  mat("kv_b_proj", w.kv_b_proj);
-  mat("o_proj", w.o_proj);
-  return t;
 }
 
 TensorData tensor3(const std::string& name, const Tensor3& x) {
@@ -119,18 +90,10 @@ void write_config(const fs::path& path, const MlaConfig& c) {
 }
 
 // Round every weight to bf16 and back, so a BF16 file holds exactly these weights.
-MlaWeights bf16_rounded(MlaWeights w) {
-  const auto round = [](auto& t) {
+MlaWeights bf16_rounded(MlaWeights w, const MlaConfig& cfg) {
+  for_each_weight(w, cfg, [](const std::string&, auto& t, const WeightShape&) {
     for (float& v : t) v = bf16_to_float(float_to_bf16(v));
-  };
-  round(w.q_proj);
-  round(w.q_a_proj);
-  round(w.q_a_layernorm);
-  round(w.q_b_proj);
-  round(w.kv_a_proj_with_mqa);
-  round(w.kv_a_layernorm);
-  round(w.kv_b_proj);
-  round(w.o_proj);
+  });
   return w;
 }
 
@@ -276,7 +239,7 @@ TEST_CASE("YaRN: mscale and the softmax scale, as the golden files state", "[ch0
 // Absorption, broken and restored
 // ---------------------------------------------------------------------------------------------
 
-TEST_CASE("rotating k^C breaks absorption; the decoupled rope key restores it", "[ch06]") {
+TEST_CASE("rotating k^C breaks absorption, and the decoupled rope key restores it", "[ch06]") {
   Rng rng(64);
   const RopeAbsorptionDemo demo = demonstrate_rope_breaks_absorption(64, 32, 16, 12, 10000.0, rng);
   const double scale = demo.rope_on_latent_key.max_score;
@@ -361,7 +324,7 @@ TEST_CASE("naive = absorbed on random layers of several shapes", "[ch06]") {
   }
 }
 
-TEST_CASE("prefill in chunks equals prefill in one call; sequences in a batch are independent",
+TEST_CASE("prefill in chunks equals prefill in one call, and sequences in a batch are independent",
           "[ch06]") {
   Rng rng(66);
   MlaConfig cfg = make_mla_config(64, 4, 24, 32, 16, 8, 16, small_yarn());
@@ -438,14 +401,15 @@ TEST_CASE("a case mla_verify has never seen: BF16 weights of layer 3, batch 2, m
   MlaConfig cfg = make_mla_config(72, 3, std::nullopt, 24, 16, 8, 12, small_yarn());
   cfg.max_position_embeddings = 128;
   cfg.num_hidden_layers = 4;
-  const auto w = std::make_shared<const MlaWeights>(bf16_rounded(random_mla_weights(cfg, rng)));
+  const auto w =
+      std::make_shared<const MlaWeights>(bf16_rounded(random_mla_weights(cfg, rng), cfg));
   const Tensor3 pre = random_input(rng, 2, 6, 72), dec = random_input(rng, 2, 3, 72);
   NaiveMla naive(cfg, w, 2);
   const auto [y_pre, y_dec] = run_prefill_decode(naive, pre, dec);
 
   const fs::path dir = temp_folder("unseen");
   write_config(dir / "case.config.json", cfg);
-  std::vector<TensorData> t = layer_tensors(*w, 3, DType::BF16);
+  std::vector<TensorData> t = mla_weight_tensors(*w, cfg, 3, DType::BF16);
   t.push_back(tensor3("test.prefill.input", pre));
   t.push_back(tensor3("test.decode.input", dec));
   t.push_back(tensor3("test.prefill.output", y_pre));
@@ -502,17 +466,17 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
   }
   SECTION("malformed config") {
     std::ofstream(config) << "{\"hidden_size\": 32,";
-    write_safetensors(weights, tests(layer_tensors(w, 0, DType::F32)));
+    write_safetensors(weights, tests(mla_weight_tensors(w, cfg, 0, DType::F32)));
     CHECK_THROWS_AS(load_golden_case(config, weights), InputError);
   }
   SECTION("missing test tensors") {
-    write_safetensors(weights, layer_tensors(w, 0, DType::F32));
+    write_safetensors(weights, mla_weight_tensors(w, cfg, 0, DType::F32));
     CHECK_THROWS_WITH(load_golden_case(config, weights), Catch::Contains("test.prefill.input"));
   }
   SECTION("a weight whose shape does not match the config names tensor, expected and found") {
     MlaWeights bad = w;
     bad.kv_b_proj = rng.normal(2 * 16, 15);  // d_c should be 16
-    write_safetensors(weights, tests(layer_tensors(bad, 0, DType::F32)));
+    write_safetensors(weights, tests(mla_weight_tensors(bad, cfg, 0, DType::F32)));
     CHECK_THROWS_AS(load_golden_case(config, weights), InputError);
     CHECK_THROWS_WITH(load_golden_case(config, weights), Catch::Contains("kv_b_proj") &&
                                                              Catch::Contains("16") &&
@@ -521,11 +485,12 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
   SECTION("q_proj where the config says q_lora_rank") {
     MlaConfig plain = cfg;
     plain.q_lora_rank = std::nullopt;
-    write_safetensors(weights, tests(layer_tensors(random_mla_weights(plain, rng), 0, DType::F32)));
+    write_safetensors(
+        weights, tests(mla_weight_tensors(random_mla_weights(plain, rng), plain, 0, DType::F32)));
     CHECK_THROWS_WITH(load_golden_case(config, weights), Catch::Contains("q_a_proj"));
   }
   SECTION("test inputs whose width is not hidden_size") {
-    std::vector<TensorData> t = layer_tensors(w, 0, DType::F32);
+    std::vector<TensorData> t = mla_weight_tensors(w, cfg, 0, DType::F32);
     const Tensor3 narrow = random_input(rng, 1, 3, 31);
     t.push_back(tensor3("test.prefill.input", narrow));
     t.push_back(tensor3("test.decode.input", dec));
@@ -535,7 +500,7 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
     CHECK_THROWS_WITH(load_golden_case(config, weights), Catch::Contains("test.prefill.input"));
   }
   SECTION("expected outputs of another shape than the inputs") {
-    std::vector<TensorData> t = layer_tensors(w, 0, DType::F32);
+    std::vector<TensorData> t = mla_weight_tensors(w, cfg, 0, DType::F32);
     t.push_back(tensor3("test.prefill.input", pre));
     t.push_back(tensor3("test.decode.input", dec));
     t.push_back(tensor3("test.prefill.output", pre));
@@ -546,13 +511,13 @@ TEST_CASE("unusable input is an InputError (mla_verify exits 2)", "[ch06]") {
   SECTION("no attention layer, or a layer that is not there") {
     write_safetensors(weights, tests({}));
     CHECK_THROWS_AS(load_golden_case(config, weights), InputError);
-    write_safetensors(weights, tests(layer_tensors(w, 0, DType::F32)));
+    write_safetensors(weights, tests(mla_weight_tensors(w, cfg, 0, DType::F32)));
     CHECK_THROWS_WITH(load_golden_case(config, weights, 5), Catch::Contains("layer 5"));
     CHECK_NOTHROW(load_golden_case(config, weights, 0));
   }
   SECTION("two layers and no --layer") {
-    std::vector<TensorData> t = tests(layer_tensors(w, 0, DType::F32));
-    for (TensorData& d : layer_tensors(w, 2, DType::F32)) t.push_back(d);
+    std::vector<TensorData> t = tests(mla_weight_tensors(w, cfg, 0, DType::F32));
+    for (TensorData& d : mla_weight_tensors(w, cfg, 2, DType::F32)) t.push_back(d);
     write_safetensors(weights, t);
     CHECK_THROWS_WITH(load_golden_case(config, weights), Catch::Contains("--layer"));
     CHECK(load_golden_case(config, weights, 2).layer == 2);

@@ -16,10 +16,8 @@
 #include "mla/compare.hpp"
 #include "mla/random.hpp"
 
-#ifdef MLA_CH07_HAS_LATENT_ATTENTION
 #include "06_decoupled_rope/latent_attention.hpp"
 #include "07_optimized_mla/fast_latent_attention.hpp"
-#endif
 
 using namespace mla;
 using namespace mla::ch07;
@@ -343,7 +341,6 @@ TEST_CASE("a 65,536-token step agrees with a double-precision reference on sampl
   }
 }
 
-#ifdef MLA_CH07_HAS_LATENT_ATTENTION
 TEST_CASE("the fast LatentAttention implementations equal chapter 6's reference", "[ch07]") {
   const std::size_t H = 24, d_c = 64, d_r = 16;
   Rng rng(21);
@@ -396,7 +393,6 @@ TEST_CASE("chapter 6's absorbed layer on chapter 7's paths equals it on the refe
     CHECK(allclose(y_half, y_ref, kBf16Atol, kBf16Rtol));
   }
 }
-#endif
 
 TEST_CASE("goals of chapter 7 at DeepSeek-V3 sizes (benchmark, not a test)", "[.bench]") {
   const MlaProblem p = shape(1, 128, 4096, 512, 64);

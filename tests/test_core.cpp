@@ -61,7 +61,7 @@ TEST_CASE("softmax rows sum to one and survive huge logits", "[core]") {
   CHECK(s(2, 0) == Approx(std::exp(1.0) / (1 + std::exp(-1.0) + std::exp(1.0))).margin(1e-6));
 }
 
-TEST_CASE("masked entries get weight 0; a fully masked row becomes zeros", "[core]") {
+TEST_CASE("masked entries get weight 0, and a fully masked row becomes zeros", "[core]") {
   Mat s = {{0.5f, kMasked, 0.5f}, {kMasked, kMasked, kMasked}};
   softmax_rows(s);
   CHECK(s(0, 1) == 0.0f);
@@ -106,7 +106,8 @@ TEST_CASE("compare and allclose measure what they claim", "[core]") {
   CHECK_FALSE(allclose(nan, ref, 1.0, 1.0));
 }
 
-TEST_CASE("the same seed gives the same numbers; linear weights have variance 1/fan_in", "[core]") {
+TEST_CASE("the same seed gives the same numbers, and linear weights have variance 1/fan_in",
+          "[core]") {
   Rng a(7), b(7);
   CHECK((a.normal(3, 3) == b.normal(3, 3)));
   Rng r(9);

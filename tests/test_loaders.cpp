@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,9 +18,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "06_decoupled_rope/mla_layer.hpp"
+#include "06_decoupled_rope/mla_weights.hpp"
+#include "mla/bf16.hpp"
+#include "mla/checkpoint.hpp"
 #include "mla/config.hpp"
 #include "mla/json.hpp"
 #include "mla/safetensors.hpp"
+#include "mla/safetensors_writer.hpp"
 
 using Catch::Contains;
 namespace fs = std::filesystem;
@@ -106,26 +113,23 @@ TEST_CASE("golden v2-lite file: names, dtypes, shapes agree with its config", "[
   const auto cfg = mla::MlaConfig::load(kV2 + ".config.json");
   const auto st = mla::SafeTensors::open(kV2 + ".safetensors");
   const std::size_t H = cfg.num_attention_heads, d = cfg.hidden_size;
-  const std::string p = "model.layers.0.self_attn.";
+  const std::string layer = "model.layers.0.", p = layer + "self_attn.";
   REQUIRE(st.names().size() == 11);
   CHECK_FALSE(st.contains(p + "q_a_proj.weight"));  // q_lora_rank is null: the layer has q_proj
-  struct Expect {
-    std::string name;
-    std::vector<std::size_t> shape;
-  };
-  const std::vector<Expect> weights = {
-      {"q_proj.weight", {H * cfg.qk_head_dim(), d}},
-      {"kv_a_proj_with_mqa.weight", {cfg.kv_lora_rank + cfg.qk_rope_head_dim, d}},
-      {"kv_a_layernorm.weight", {cfg.kv_lora_rank}},
-      {"kv_b_proj.weight", {H * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank}},
-      {"o_proj.weight", {d, H * cfg.v_head_dim}}};
-  for (const auto& w : weights) {
-    INFO(w.name);
-    REQUIRE(st.contains(p + w.name));
-    CHECK(st.info(p + w.name).dtype == mla::DType::F32);
-    CHECK(st.info(p + w.name).dtype_name == "F32");
-    CHECK(st.info(p + w.name).shape == w.shape);
-  }
+  // The layer's list of weights (the one the loader uses) names 5 tensors here, each the shape
+  // its config gives it.
+  std::size_t listed = 0;
+  mla::ch06::for_each_weight(
+      mla::ch06::MlaWeights{}, cfg,
+      [&](const std::string& name, const auto&, const mla::ch06::WeightShape& shape) {
+        INFO(name);
+        ++listed;
+        REQUIRE(st.contains(layer + name));
+        CHECK(st.info(layer + name).dtype == mla::DType::F32);
+        CHECK(st.info(layer + name).dtype_name == "F32");
+        CHECK(st.info(layer + name).shape == shape);
+      });
+  CHECK(listed == 5);
   CHECK(st.info("test.prefill.input").shape == std::vector<std::size_t>{1, 12, d});
   CHECK(st.info("test.decode.input").shape == std::vector<std::size_t>{1, 4, d});
   CHECK(st.metadata().at("batch") == "1");
@@ -752,6 +756,86 @@ TEST_CASE("config errors name the file and the field", "[loaders]") {
 
   CHECK_THROWS_WITH(mla::MlaConfig::load("/nonexistent/config.json"),
                     Contains("/nonexistent/config.json"));
+}
+
+TEST_CASE("one validator: a config made in code is held to the rules of a config.json",
+          "[loaders]") {
+  // The layer used to check its config with rules of its own, which let beta_fast <= beta_slow
+  // through; now both go through mla::check_mla_config.
+  mla::MlaConfig c = mla::ch06::make_mla_config(32, 2, std::nullopt, 16, 8, 4, 8,
+                                                mla::YarnScaling{4, 16, 1, 1, 1.0, 1.0});
+  CHECK_THROWS_WITH(mla::check_mla_config(c),
+                    Contains("MLA config: rope_scaling: field 'beta_fast' (1.000000) must be "
+                             "larger than 'beta_slow' (1.000000)"));
+  CHECK_THROWS_AS(mla::ch06::NaiveMla(c, std::make_shared<const mla::ch06::MlaWeights>(), 1),
+                  mla::InputError);
+  c.yarn->beta_fast = 32;
+  CHECK_NOTHROW(mla::check_mla_config(c));
+  c.rms_norm_eps = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(mla::check_mla_config(c, "c.json"),
+                    Contains("c.json: field 'rms_norm_eps' is not finite"));
+}
+
+// =============================================================================================
+// One list of a layer's weights drives checking, loading, random init and saving
+// =============================================================================================
+
+TEST_CASE("for_each_weight lists each tensor of the layer once, with its checkpoint name",
+          "[loaders]") {
+  using mla::ch06::WeightShape;
+  mla::Rng rng(71);
+  for (bool q_lora : {true, false}) {
+    INFO((q_lora ? "q_lora" : "q_proj"));
+    const mla::MlaConfig cfg = mla::ch06::make_mla_config(
+        24, 2, q_lora ? std::optional<std::size_t>(12) : std::nullopt, 16, 8, 4, 6);
+    const mla::ch06::MlaWeights w = mla::ch06::random_mla_weights(cfg, rng);
+    // Every listed tensor was made with the shape the list gives it; every other one is empty.
+    std::vector<std::string> names;
+    std::size_t floats = 0;
+    mla::ch06::for_each_weight(w, cfg,
+                               [&](const std::string& n, const auto& t, const WeightShape& shape) {
+                                 names.push_back(n);
+                                 CHECK(mla::shape_str(t) == mla::shape_str(shape));
+                                 floats += t.size();
+                               });
+    const std::size_t all = w.q_proj.size() + w.q_a_proj.size() + w.q_a_layernorm.size() +
+                            w.q_b_proj.size() + w.kv_a_proj_with_mqa.size() +
+                            w.kv_a_layernorm.size() + w.kv_b_proj.size() + w.o_proj.size();
+    CHECK(floats == all);
+    CHECK(names.size() == (q_lora ? 7u : 5u));
+    CHECK(names.back() == "self_attn.o_proj.weight");
+
+    // with_prefix: the names a model-level list would see for layer 4.
+    std::vector<std::string> prefixed;
+    mla::ch06::for_each_weight(
+        w, cfg,
+        mla::ch06::with_prefix(
+            mla::ch06::layer_prefix(4),
+            [&](const std::string& n, const auto&, const WeightShape&) { prefixed.push_back(n); }));
+    REQUIRE(prefixed.size() == names.size());
+    for (std::size_t i = 0; i < names.size(); ++i)
+      CHECK(prefixed[i] == "model.layers.4." + names[i]);
+
+    // Saved through the list and loaded through it: the same weights, bit for bit.
+    const auto ckpt = mla::Checkpoint::from_file(mla::SafeTensors::from_bytes(
+        mla::safetensors_bytes(mla::ch06::mla_weight_tensors(w, cfg, 4, mla::DType::F32)),
+        "w.safetensors"));
+    CHECK(ckpt.names().size() == names.size());
+    const mla::ch06::MlaWeights back = mla::ch06::load_mla_weights(ckpt, cfg, 4);
+    mla::ch06::for_each_weight(
+        back, cfg, [&](const std::string& n, const auto& t, const WeightShape&) {
+          INFO(n);
+          CHECK(ckpt.load("model.layers.4." + n) == std::vector<float>(t.begin(), t.end()));
+        });
+    CHECK(back.o_proj == w.o_proj);
+    CHECK(back.kv_a_layernorm == w.kv_a_layernorm);
+
+    // A wrong shape in memory is named by the weight's own name.
+    mla::ch06::MlaWeights bad = w;
+    bad.kv_b_proj = rng.normal(2 * 14, 15);
+    CHECK_THROWS_WITH(mla::ch06::check_mla_weights(bad, cfg),
+                      "kv_b_proj: expected shape [28, 16], found [28, 15]");
+  }
 }
 
 // =============================================================================================

@@ -20,9 +20,10 @@
 #include "04_low_rank_latents/latent.hpp"
 #include "05_absorption/absorption.hpp"
 #include "06_decoupled_rope/mla_layer.hpp"
+#include "mla/checkpoint.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
-#include "mla/safetensors.hpp"
+#include "mla/safetensors_writer.hpp"
 #include "mla/tensor.hpp"
 
 using namespace mla;
@@ -641,27 +642,6 @@ TEST_CASE("ch06: NaN or Inf in a decoded token propagates to the later decode st
 
 namespace {
 
-std::vector<TensorData> layer_tensors_of(const ch06::MlaWeights& w, DType dtype) {
-  const std::string p = ch06::attention_prefix(0);
-  std::vector<TensorData> t;
-  auto add_mat = [&](const char* n, const Mat& m) {
-    if (m.size())
-      t.push_back({p + n + ".weight", dtype, {m.shape(0), m.shape(1)}, {m.begin(), m.end()}});
-  };
-  auto add_vec = [&](const char* n, const Vec& v) {
-    if (v.size()) t.push_back({p + n + ".weight", dtype, {v.size()}, {v.begin(), v.end()}});
-  };
-  add_mat("q_proj", w.q_proj);
-  add_mat("q_a_proj", w.q_a_proj);
-  add_vec("q_a_layernorm", w.q_a_layernorm);
-  add_mat("q_b_proj", w.q_b_proj);
-  add_mat("kv_a_proj_with_mqa", w.kv_a_proj_with_mqa);
-  add_vec("kv_a_layernorm", w.kv_a_layernorm);
-  add_mat("kv_b_proj", w.kv_b_proj);
-  add_mat("o_proj", w.o_proj);
-  return t;
-}
-
 ch06::MlaWeights load_from(const std::vector<TensorData>& t, const MlaConfig& cfg) {
   const Checkpoint ckpt =
       Checkpoint::from_file(SafeTensors::from_bytes(safetensors_bytes(t), "poisoned.safetensors"));
@@ -678,7 +658,7 @@ TEST_CASE("load_mla_weights refuses NaN and Inf in any weight, naming the tensor
     if (!q_lora) cfg.q_lora_rank.reset();
     const ch06::MlaWeights w = ch06::random_mla_weights(cfg, rng);
     for (DType dtype : {DType::F32, DType::BF16}) {
-      const std::vector<TensorData> clean = layer_tensors_of(w, dtype);
+      const std::vector<TensorData> clean = ch06::mla_weight_tensors(w, cfg, 0, dtype);
       CHECK_NOTHROW(load_from(clean, cfg));  // the control: the same file without the poison
       for (std::size_t k = 0; k < clean.size(); ++k) {
         for (float poison : {kNaN, kInf, -kInf}) {

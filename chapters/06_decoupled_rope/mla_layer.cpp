@@ -6,216 +6,18 @@
 #include <string>
 
 #include "05_absorption/absorption.hpp"
+#include "mla/rows.hpp"  // columns, shape_str
 
 namespace mla::ch06 {
 
 namespace {
-
-std::string shape_of(const Mat& m) {
-  return shape_str({m.shape(0), m.shape(1)});
-}
-std::string shape_of(const Vec& v) {
-  return shape_str({v.size()});
-}
-
-void expect_shape(const Mat& m, std::size_t rows, std::size_t cols, const std::string& name) {
-  if (m.shape(0) != rows || m.shape(1) != cols) {
-    throw InputError(name + ": expected shape " + shape_str({rows, cols}) + ", found " +
-                     shape_of(m));
-  }
-}
-
-void expect_shape(const Vec& v, std::size_t n, const std::string& name) {
-  if (v.size() != n) {
-    throw InputError(name + ": expected shape " + shape_str({n}) + ", found " + shape_of(v));
-  }
-}
-
-void require_positive(std::size_t v, const char* field) {
-  if (v == 0) throw InputError(std::string("MLA config: ") + field + " must be positive");
-}
 
 const MlaConfig& checked(const MlaConfig& cfg) {
   check_mla_config(cfg);
   return cfg;
 }
 
-// Copy columns [col, col + n) of every row of m into a new (rows, n) matrix.
-Mat columns(const Mat& m, std::size_t col, std::size_t n) {
-  Mat out = xt::empty<float>({m.shape(0), n});
-  for (std::size_t r = 0; r < m.shape(0); ++r) {
-    std::copy_n(m.data() + r * m.shape(1) + col, n, out.data() + r * n);
-  }
-  return out;
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// Weights and configs
-// ---------------------------------------------------------------------------------------------
-
-std::string attention_prefix(std::size_t layer) {
-  return "model.layers." + std::to_string(layer) + ".self_attn.";
-}
-
-void check_mla_config(const MlaConfig& cfg) {
-  require_positive(cfg.hidden_size, "hidden_size");
-  require_positive(cfg.num_attention_heads, "num_attention_heads");
-  require_positive(cfg.kv_lora_rank, "kv_lora_rank");
-  require_positive(cfg.qk_nope_head_dim, "qk_nope_head_dim");
-  require_positive(cfg.qk_rope_head_dim, "qk_rope_head_dim");
-  require_positive(cfg.v_head_dim, "v_head_dim");
-  if (cfg.qk_rope_head_dim % 2 != 0) {
-    throw InputError("MLA config: qk_rope_head_dim must be even (RoPE rotates pairs), got " +
-                     std::to_string(cfg.qk_rope_head_dim));
-  }
-  if (cfg.q_lora_rank && *cfg.q_lora_rank == 0) {
-    throw InputError("MLA config: q_lora_rank must be null or positive");
-  }
-  if (!(cfg.rope_theta > 1.0)) throw InputError("MLA config: rope_theta must be > 1");
-  if (!(cfg.rms_norm_eps > 0.0)) throw InputError("MLA config: rms_norm_eps must be > 0");
-  if (yarn_active(cfg)) {
-    if (!(cfg.yarn->factor > 0.0)) throw InputError("MLA config: rope_scaling.factor must be > 0");
-    if (cfg.yarn->original_max_position_embeddings == 0) {
-      throw InputError("MLA config: rope_scaling.original_max_position_embeddings must be > 0");
-    }
-    if (!(cfg.yarn->beta_fast > 0.0) || !(cfg.yarn->beta_slow > 0.0)) {
-      throw InputError("MLA config: rope_scaling.beta_fast and beta_slow must be > 0");
-    }
-  }
-}
-
-void check_mla_weights(const MlaWeights& w, const MlaConfig& cfg) {
-  const std::size_t H = cfg.num_attention_heads, D = cfg.hidden_size, d_c = cfg.kv_lora_rank;
-  const std::size_t d_qk = cfg.qk_head_dim(), d_v = cfg.v_head_dim, d_r = cfg.qk_rope_head_dim;
-  if (cfg.q_lora_rank) {
-    const std::size_t r = *cfg.q_lora_rank;
-    if (!w.compressed_query()) {
-      throw InputError("q_a_proj: missing, but the config has q_lora_rank = " + std::to_string(r));
-    }
-    expect_shape(w.q_a_proj, r, D, "q_a_proj");
-    expect_shape(w.q_a_layernorm, r, "q_a_layernorm");
-    expect_shape(w.q_b_proj, H * d_qk, r, "q_b_proj");
-  } else {
-    if (w.compressed_query()) {
-      throw InputError("q_a_proj: present, but the config has q_lora_rank = null (expects q_proj)");
-    }
-    expect_shape(w.q_proj, H * d_qk, D, "q_proj");
-  }
-  expect_shape(w.kv_a_proj_with_mqa, d_c + d_r, D, "kv_a_proj_with_mqa");
-  expect_shape(w.kv_a_layernorm, d_c, "kv_a_layernorm");
-  expect_shape(w.kv_b_proj, H * (cfg.qk_nope_head_dim + d_v), d_c, "kv_b_proj");
-  expect_shape(w.o_proj, D, H * d_v, "o_proj");
-}
-
-MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::size_t layer) {
-  check_mla_config(cfg);
-  const std::string p = attention_prefix(layer);
-  const auto name = [&](const char* n) { return p + n + ".weight"; };
-  const std::size_t H = cfg.num_attention_heads, D = cfg.hidden_size, d_c = cfg.kv_lora_rank;
-  const std::size_t d_qk = cfg.qk_head_dim(), d_v = cfg.v_head_dim;
-  if (!ckpt.contains(name("kv_a_proj_with_mqa"))) {
-    throw InputError(ckpt.origin() + ": no MLA attention layer " + std::to_string(layer) +
-                     " (no tensor '" + name("kv_a_proj_with_mqa") + "')");
-  }
-  MlaWeights w;
-  if (cfg.q_lora_rank) {
-    const std::size_t r = *cfg.q_lora_rank;
-    if (!ckpt.contains(name("q_a_proj")) && ckpt.contains(name("q_proj"))) {
-      throw InputError(ckpt.origin() + ": no tensor '" + name("q_a_proj") +
-                       "': the config sets q_lora_rank = " + std::to_string(r) +
-                       " but the checkpoint has q_proj (is q_lora_rank meant to be null?)");
-    }
-    w.q_a_proj = ckpt.load_matrix(name("q_a_proj"), r, D);
-    w.q_a_layernorm = ckpt.load_vector(name("q_a_layernorm"), r);
-    w.q_b_proj = ckpt.load_matrix(name("q_b_proj"), H * d_qk, r);
-  } else {
-    if (!ckpt.contains(name("q_proj")) && ckpt.contains(name("q_a_proj"))) {
-      throw InputError(ckpt.origin() + ": no tensor '" + name("q_proj") +
-                       "': the config has q_lora_rank = null but the checkpoint has q_a_proj");
-    }
-    w.q_proj = ckpt.load_matrix(name("q_proj"), H * d_qk, D);
-  }
-  w.kv_a_proj_with_mqa =
-      ckpt.load_matrix(name("kv_a_proj_with_mqa"), d_c + cfg.qk_rope_head_dim, D);
-  w.kv_a_layernorm = ckpt.load_vector(name("kv_a_layernorm"), d_c);
-  w.kv_b_proj = ckpt.load_matrix(name("kv_b_proj"), H * (cfg.qk_nope_head_dim + d_v), d_c);
-  w.o_proj = ckpt.load_matrix(name("o_proj"), D, H * d_v);
-  // Weights must be finite: one NaN or Inf in a weight would silently turn every output it
-  // touches into NaN, so a damaged checkpoint is refused here, naming the first bad value.
-  // (NaN/Inf in the *inputs* is propagated instead: see tests/README.md.)
-  const auto require_finite = [&](const auto& t, const char* n) {
-    const std::size_t cols = t.dimension() == 2 ? t.shape(t.dimension() - 1) : 0;
-    for (std::size_t i = 0; i < t.size(); ++i) {
-      const float v = t.data()[i];
-      if (std::isfinite(v)) continue;
-      const char* kind = std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
-      std::string where = " at index " + std::to_string(i);
-      if (cols) {
-        where += " (row " + std::to_string(i / cols) + ", column " + std::to_string(i % cols) + ")";
-      }
-      throw InputError(ckpt.origin() + ": tensor '" + name(n) + "' holds a non-finite value (" +
-                       kind + ")" + where + "; weights must be finite");
-    }
-  };
-  if (cfg.q_lora_rank) {
-    require_finite(w.q_a_proj, "q_a_proj");
-    require_finite(w.q_a_layernorm, "q_a_layernorm");
-    require_finite(w.q_b_proj, "q_b_proj");
-  } else {
-    require_finite(w.q_proj, "q_proj");
-  }
-  require_finite(w.kv_a_proj_with_mqa, "kv_a_proj_with_mqa");
-  require_finite(w.kv_a_layernorm, "kv_a_layernorm");
-  require_finite(w.kv_b_proj, "kv_b_proj");
-  require_finite(w.o_proj, "o_proj");
-  return w;
-}
-
-MlaWeights random_mla_weights(const MlaConfig& cfg, Rng& rng) {
-  check_mla_config(cfg);
-  const std::size_t H = cfg.num_attention_heads, D = cfg.hidden_size, d_c = cfg.kv_lora_rank;
-  const std::size_t d_qk = cfg.qk_head_dim(), d_v = cfg.v_head_dim;
-  const auto norm_weight = [&](std::size_t n) {
-    Vec v = rng.normal_vec(n, 0.1f);
-    v += 1.0f;
-    return v;
-  };
-  MlaWeights w;
-  if (cfg.q_lora_rank) {
-    const std::size_t r = *cfg.q_lora_rank;
-    w.q_a_proj = rng.linear_weight(r, D);
-    w.q_a_layernorm = norm_weight(r);
-    w.q_b_proj = rng.linear_weight(H * d_qk, r);
-  } else {
-    w.q_proj = rng.linear_weight(H * d_qk, D);
-  }
-  w.kv_a_proj_with_mqa = rng.linear_weight(d_c + cfg.qk_rope_head_dim, D);
-  w.kv_a_layernorm = norm_weight(d_c);
-  w.kv_b_proj = rng.linear_weight(H * (cfg.qk_nope_head_dim + d_v), d_c);
-  w.o_proj = rng.linear_weight(D, H * d_v);
-  return w;
-}
-
-MlaConfig make_mla_config(std::size_t d_model, std::size_t heads, std::optional<std::size_t> q_lora,
-                          std::size_t d_c, std::size_t d_nope, std::size_t d_rope, std::size_t d_v,
-                          std::optional<YarnScaling> yarn) {
-  MlaConfig c;
-  c.hidden_size = d_model;
-  c.num_attention_heads = heads;
-  c.num_hidden_layers = 1;
-  c.q_lora_rank = q_lora;
-  c.kv_lora_rank = d_c;
-  c.qk_nope_head_dim = d_nope;
-  c.qk_rope_head_dim = d_rope;
-  c.v_head_dim = d_v;
-  c.max_position_embeddings = 4096;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-6;
-  c.yarn = yarn;
-  return c;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The shared part of both paths: projections, norms, RoPE, output projection
@@ -265,9 +67,9 @@ void MlaLayer::project_latents(const Mat& h, std::size_t S, std::size_t start, M
 
 Tensor3 MlaLayer::forward(const Tensor3& x) {
   if (x.shape(0) != batch_ || x.shape(2) != cfg_.hidden_size) {
-    throw std::invalid_argument(
-        "MlaLayer::forward: input " + shape_str({x.shape(0), x.shape(1), x.shape(2)}) +
-        ", expected [" + std::to_string(batch_) + ", S, " + std::to_string(cfg_.hidden_size) + "]");
+    throw std::invalid_argument("MlaLayer::forward: input " + shape_str(x) + ", expected [" +
+                                std::to_string(batch_) + ", S, " +
+                                std::to_string(cfg_.hidden_size) + "]");
   }
   const std::size_t S = x.shape(1), N = batch_ * S, start = position_;
   Tensor3 y = xt::zeros<float>({batch_, S, cfg_.hidden_size});

@@ -12,6 +12,8 @@
 ///     q_nope -> through W_UK (from kv_b_proj) -> q_lat (H, d_c)
 ///     scores (H, T) = scale · (q_lat · c_kvᵀ + q_rope · k_ropeᵀ) -> softmax -> (H, d_c) = P · c_kv
 ///     -> through W_UV (from kv_b_proj) -> (H, d_v) -> o_proj -> (d_model)
+///
+/// The weights, and loading, checking and making them, are in mla_weights.hpp.
 #pragma once
 
 #include <cstddef>
@@ -24,10 +26,9 @@
 
 #include "04_low_rank_latents/latent.hpp"
 #include "06_decoupled_rope/latent_attention.hpp"
+#include "06_decoupled_rope/mla_weights.hpp"
 #include "06_decoupled_rope/rope.hpp"
 #include "mla/config.hpp"
-#include "mla/random.hpp"
-#include "mla/safetensors.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch06 {
@@ -37,61 +38,14 @@ namespace mla::ch06 {
 ///        The full MLA layer of DeepSeek-V2/V3, loading real checkpoints.
 /// @{
 
-/// The weights of one MLA layer, named and laid out as a DeepSeek checkpoint stores them
-/// (`model.layers.N.self_attn.<name>.weight`, Linear weights as (out_features, in_features)).
-/// H = num_attention_heads, d_qk = qk_nope_head_dim + qk_rope_head_dim.
-struct MlaWeights {
-  Mat q_proj;              ///< (H·d_qk, d_model); empty when the layer compresses queries
-  Mat q_a_proj;            ///< (q_lora_rank, d_model): W_DQ, the query latent; empty without one
-  Vec q_a_layernorm;       ///< (q_lora_rank)
-  Mat q_b_proj;            ///< (H·d_qk, q_lora_rank): W_UQ and W_QR, stacked per head
-  Mat kv_a_proj_with_mqa;  ///< (d_c + d_rope, d_model): W_DKV (d_c rows) then W_KR (d_rope rows)
-  Vec kv_a_layernorm;      ///< (d_c)
-  Mat kv_b_proj;           ///< (H·(d_nope + d_v), d_c): per head, W_UK (d_nope rows), W_UV (d_v)
-  Mat o_proj;              ///< (d_model, H·d_v)
-
-  /// True if queries go through a latent (q_a_proj -> q_a_layernorm -> q_b_proj).
-  bool compressed_query() const { return q_a_proj.size() > 0; }
-};
-
-/// "model.layers.<layer>.self_attn.": the prefix of every tensor of one attention layer.
-std::string attention_prefix(std::size_t layer);
-
-/// Check that a config describes a layer these classes can run: positive sizes, an even
-/// qk_rope_head_dim, positive rope_theta and rms_norm_eps, a YaRN factor > 0 and
-/// original_max_position_embeddings > 0 when YaRN is active. InputError naming the field.
-void check_mla_config(const MlaConfig& cfg);
-
-/// Check every weight's shape against the config. InputError "<name>: expected [r, c], found
-/// [r', c']", or naming a weight that is missing (e.g. q_a_proj when q_lora_rank is set).
-void check_mla_weights(const MlaWeights& w, const MlaConfig& cfg);
-
-/// Load layer `layer`'s attention weights from a checkpoint, any dtype (F32, BF16, F16), and
-/// check their shapes against `cfg` (q_proj when q_lora_rank is null, else q_a_proj, q_a_layernorm,
-/// q_b_proj). InputError naming the tensor, the shape expected and the shape found — or, for a
-/// NaN or ±Inf anywhere in a weight, the tensor and the index of the first such value: a weight
-/// that is not a number is a broken checkpoint, never something to compute with.
-MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::size_t layer);
-
-/// Random weights for tests and demonstrations: Linear weights ~ N(0, 1/fan_in), norm weights
-/// 1 + N(0, 0.1²) ("near 1").
-MlaWeights random_mla_weights(const MlaConfig& cfg, Rng& rng);
-
-/// A config with the given sizes (num_hidden_layers = 1, rope_theta 10000, rms_norm_eps 1e-6,
-/// max_position_embeddings 4096), for tests and demonstrations. Pass `yarn` to enable YaRN (then
-/// set max_position_embeddings above its original_max_position_embeddings yourself if needed).
-MlaConfig make_mla_config(std::size_t d_model, std::size_t heads, std::optional<std::size_t> q_lora,
-                          std::size_t d_c, std::size_t d_nope, std::size_t d_rope, std::size_t d_v,
-                          std::optional<YarnScaling> yarn = std::nullopt);
-
 /// One MLA attention layer over a batch of B sequences that advance together, each with its own
 /// cache. Both paths share everything up to the attention (projections, norms, RoPE) and the
 /// output projection; they differ in what they cache and how they attend (attend()).
 class MlaLayer {
  public:
-  /// A layer for `batch` sequences, its caches empty. Checks `cfg` (check_mla_config) and the
-  /// weights' shapes against it (check_mla_weights); std::invalid_argument for null weights or a
-  /// zero batch. The weights are shared, not copied: every path can run on one set.
+  /// A layer for `batch` sequences, its caches empty. Checks `cfg` (mla::check_mla_config) and
+  /// the weights' shapes against it (check_mla_weights); std::invalid_argument for null weights or
+  /// a zero batch. The weights are shared, not copied: every path can run on one set.
   MlaLayer(const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch);
   virtual ~MlaLayer() = default;
   MlaLayer(const MlaLayer&) = delete;

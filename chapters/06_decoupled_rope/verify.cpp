@@ -5,7 +5,12 @@
 #include <set>
 #include <string>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join
+
 #include "mla/bench.hpp"
+#include "mla/checkpoint.hpp"
+#include "mla/rows.hpp"  // shape_str
 
 namespace mla::ch06 {
 
@@ -19,15 +24,12 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-std::string shape3(const Tensor3& t) {
-  return shape_str({t.shape(0), t.shape(1), t.shape(2)});
-}
-
 Tensor3 load_test_tensor(const Checkpoint& ckpt, const std::string& name) {
   if (!ckpt.contains(name)) {
-    throw InputError(ckpt.origin() + ": no tensor '" + name + "' (a test case needs " +
-                     "test.prefill.input, test.decode.input, test.prefill.output, " +
-                     "test.decode.output)");
+    throw InputError(
+        fmt::format("{}: no tensor '{}' (a test case needs test.prefill.input, test.decode.input, "
+                    "test.prefill.output, test.decode.output)",
+                    ckpt.origin(), name));
   }
   return ckpt.load_tensor3(name);
 }
@@ -35,8 +37,8 @@ Tensor3 load_test_tensor(const Checkpoint& ckpt, const std::string& name) {
 void expect_same_shape(const Tensor3& got, const Tensor3& want, const std::string& origin,
                        const std::string& name, const std::string& like) {
   if (got.shape() != want.shape()) {
-    throw InputError(origin + ": '" + name + "' has shape " + shape3(got) + ", expected " +
-                     shape3(want) + " (the shape of '" + like + "')");
+    throw InputError(fmt::format("{}: '{}' has shape {}, expected {} (the shape of '{}')", origin,
+                                 name, shape_str(got), shape_str(want), like));
   }
 }
 
@@ -56,7 +58,7 @@ std::string config_path_for_weights(const std::string& weights_path) {
 
 std::vector<CaseFiles> find_golden_cases(const std::string& dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw InputError(dir + ": no such folder");
+  if (!fs::is_directory(dir, ec)) throw InputError(fmt::format("{}: no such folder", dir));
   std::vector<CaseFiles> cases;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string file = entry.path().filename().string();
@@ -67,9 +69,10 @@ std::vector<CaseFiles> find_golden_cases(const std::string& dir) {
     c.weights = weights_path_for_config(c.config);
     if (fs::exists(c.weights)) cases.push_back(c);
   }
-  if (ec) throw InputError(dir + ": cannot list the folder (" + ec.message() + ")");
+  if (ec) throw InputError(fmt::format("{}: cannot list the folder ({})", dir, ec.message()));
   if (cases.empty()) {
-    throw InputError(dir + ": no test case (NAME.config.json with NAME.safetensors beside it)");
+    throw InputError(
+        fmt::format("{}: no test case (NAME.config.json with NAME.safetensors beside it)", dir));
   }
   std::sort(cases.begin(), cases.end(),
             [](const CaseFiles& a, const CaseFiles& b) { return a.name < b.name; });
@@ -99,8 +102,7 @@ GoldenCase load_golden_case(const std::string& config_path, const std::string& w
                             std::optional<std::size_t> layer) {
   GoldenCase c;
   c.name = fs::path(weights_path).stem().string();
-  c.config = MlaConfig::load(config_path);
-  check_mla_config(c.config);
+  c.config = MlaConfig::load(config_path);  // validated: mla::check_mla_config
   const Checkpoint ckpt = Checkpoint::open(weights_path);
   const std::string& origin = ckpt.origin();
 
@@ -109,14 +111,14 @@ GoldenCase load_golden_case(const std::string& config_path, const std::string& w
   } else {
     const std::vector<std::size_t> layers = attention_layers(ckpt);
     if (layers.empty()) {
-      throw InputError(origin +
-                       ": no MLA attention layer (no tensor "
-                       "'model.layers.N.self_attn.kv_a_proj_with_mqa.weight')");
+      throw InputError(
+          fmt::format("{}: no MLA attention layer (no tensor "
+                      "'model.layers.N.self_attn.kv_a_proj_with_mqa.weight')",
+                      origin));
     }
     if (layers.size() > 1) {
-      std::string list;
-      for (std::size_t l : layers) list += (list.empty() ? "" : ", ") + std::to_string(l);
-      throw InputError(origin + ": holds attention layers " + list + "; choose one with --layer");
+      throw InputError(fmt::format("{}: holds attention layers {}; choose one with --layer", origin,
+                                   fmt::join(layers, ", ")));
     }
     c.layer = layers.front();
   }
@@ -128,14 +130,14 @@ GoldenCase load_golden_case(const std::string& config_path, const std::string& w
   c.decode_output = load_test_tensor(ckpt, "test.decode.output");
   const Tensor3& pin = c.prefill_input;
   if (pin.shape(0) == 0 || pin.shape(2) != c.config.hidden_size) {
-    throw InputError(
-        origin + ": 'test.prefill.input' has shape " + shape3(pin) +
-        ", expected [batch >= 1, S, hidden_size = " + std::to_string(c.config.hidden_size) + "]");
+    throw InputError(fmt::format(
+        "{}: 'test.prefill.input' has shape {}, expected [batch >= 1, S, hidden_size = {}]", origin,
+        shape_str(pin), c.config.hidden_size));
   }
   const Tensor3& din = c.decode_input;
   if (din.shape(0) != pin.shape(0) || din.shape(2) != pin.shape(2)) {
-    throw InputError(origin + ": 'test.decode.input' has shape " + shape3(din) + ", expected [" +
-                     std::to_string(pin.shape(0)) + ", N, " + std::to_string(pin.shape(2)) + "]");
+    throw InputError(fmt::format("{}: 'test.decode.input' has shape {}, expected [{}, N, {}]",
+                                 origin, shape_str(din), pin.shape(0), pin.shape(2)));
   }
   expect_same_shape(c.prefill_output, pin, origin, "test.prefill.output", "test.prefill.input");
   expect_same_shape(c.decode_output, din, origin, "test.decode.output", "test.decode.input");

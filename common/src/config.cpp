@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "mla/json.hpp"
 
 namespace mla {
@@ -12,18 +14,22 @@ namespace {
 /// sizes (heads × head_dim × ...) far from overflowing.
 constexpr std::size_t kMaxSize = std::size_t(1) << 31;
 
+// ---------------------------------------------------------------------------------------------
+// Reading: each field present and of the right kind. What its value must be is checked after,
+// by check_mla_config, the same for a config read here and one made in code.
+// ---------------------------------------------------------------------------------------------
+
 /// A nested value is reported by kind, not dumped: json_field's message prints the value, and a
 /// huge or deeply nested one would make that message (or its recursion) unreasonable.
 void reject_structured(const nlohmann::json& j, const std::string& key, const std::string& origin,
                        const char* kind) {
   auto it = j.find(key);
   if (it != j.end() && it->is_structured())
-    throw InputError(origin + ": field '" + key + "' is " +
-                     (it->is_array() ? "an array" : "an object") + ", not " + kind);
+    throw InputError(fmt::format("{}: field '{}' is {}, not {}", origin, key,
+                                 it->is_array() ? "an array" : "an object", kind));
 }
 
-std::size_t positive_size(const nlohmann::json& j, const std::string& key,
-                          const std::string& origin) {
+std::size_t read_size(const nlohmann::json& j, const std::string& key, const std::string& origin) {
   reject_structured(j, key, origin, "a positive integer");
   // An integer written as a float (4096.0) is converted by json_field with a cast, which is
   // undefined behaviour beyond the integer's range (found by fuzz_config: "hidden_size": 38e46;
@@ -31,92 +37,136 @@ std::size_t positive_size(const nlohmann::json& j, const std::string& key,
   if (auto it = j.find(key); it != j.end() && it->is_number_float()) {
     const double d = it->get<double>();
     if (d > double(kMaxSize))
-      throw InputError(origin + ": field '" + key + "' = " + it->dump() +
-                       " is implausibly large (limit " + std::to_string(kMaxSize) + ")");
+      throw InputError(fmt::format("{}: field '{}' = {} is implausibly large (limit {})", origin,
+                                   key, it->dump(), kMaxSize));
   }
-  const auto v = json_field<unsigned long>(j, key, origin);
-  if (v == 0) throw InputError(origin + ": field '" + key + "' must be positive (got 0)");
-  if (v > kMaxSize)
-    throw InputError(origin + ": field '" + key + "' = " + std::to_string(v) +
-                     " is implausibly large (limit " + std::to_string(kMaxSize) + ")");
-  return std::size_t(v);
+  return std::size_t(json_field<unsigned long>(j, key, origin));
 }
 
-double finite_number(const nlohmann::json& j, const std::string& key, const std::string& origin) {
+double read_number(const nlohmann::json& j, const std::string& key, const std::string& origin) {
   reject_structured(j, key, origin, "a number");
-  const double v = json_field<double>(j, key, origin);
-  if (!std::isfinite(v)) throw InputError(origin + ": field '" + key + "' is not finite");
-  return v;
+  return json_field<double>(j, key, origin);
 }
 
-double optional_number(const nlohmann::json& j, const std::string& key, const std::string& origin,
-                       double fallback) {
+double read_optional_number(const nlohmann::json& j, const std::string& key,
+                            const std::string& origin, double fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  return finite_number(j, key, origin);
+  return read_number(j, key, origin);
 }
 
-YarnScaling parse_yarn(const nlohmann::json& rs, const std::string& origin) {
+YarnScaling read_yarn(const nlohmann::json& rs, const std::string& origin) {
   const std::string o = origin + ": rope_scaling";
   YarnScaling y;
-  y.factor = finite_number(rs, "factor", o);
+  y.factor = read_number(rs, "factor", o);
+  y.original_max_position_embeddings = read_size(rs, "original_max_position_embeddings", o);
+  y.beta_fast = read_optional_number(rs, "beta_fast", o, 32.0);
+  y.beta_slow = read_optional_number(rs, "beta_slow", o, 1.0);
+  y.mscale = read_optional_number(rs, "mscale", o, 1.0);
+  y.mscale_all_dim = read_optional_number(rs, "mscale_all_dim", o, 0.0);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validating
+// ---------------------------------------------------------------------------------------------
+
+void require_size(std::size_t v, const char* key, const std::string& origin) {
+  if (v == 0) throw InputError(fmt::format("{}: field '{}' must be positive (got 0)", origin, key));
+  if (v > kMaxSize)
+    throw InputError(fmt::format("{}: field '{}' = {} is implausibly large (limit {})", origin, key,
+                                 v, kMaxSize));
+}
+
+void require_finite(double v, const char* key, const std::string& origin) {
+  if (!std::isfinite(v)) throw InputError(fmt::format("{}: field '{}' is not finite", origin, key));
+}
+
+void check_yarn(const YarnScaling& y, const std::string& origin) {
+  const std::string o = origin + ": rope_scaling";
+  require_finite(y.factor, "factor", o);
+  // std::to_string's "%f" spelling ({:f}), which the messages have always had.
   if (!(y.factor > 0))
-    throw InputError(o + ": field 'factor' must be positive (got " + std::to_string(y.factor) +
-                     ")");
-  y.original_max_position_embeddings = positive_size(rs, "original_max_position_embeddings", o);
-  y.beta_fast = optional_number(rs, "beta_fast", o, 32.0);
-  y.beta_slow = optional_number(rs, "beta_slow", o, 1.0);
-  y.mscale = optional_number(rs, "mscale", o, 1.0);
-  y.mscale_all_dim = optional_number(rs, "mscale_all_dim", o, 0.0);
+    throw InputError(fmt::format("{}: field 'factor' must be positive (got {:f})", o, y.factor));
+  require_size(y.original_max_position_embeddings, "original_max_position_embeddings", o);
+  require_finite(y.beta_fast, "beta_fast", o);
+  require_finite(y.beta_slow, "beta_slow", o);
+  require_finite(y.mscale, "mscale", o);
+  require_finite(y.mscale_all_dim, "mscale_all_dim", o);
   // YaRN interpolates fully below beta_slow rotations and not at all above beta_fast; the
   // ramp between them needs beta_fast > beta_slow > 0 (both feed a logarithm).
-  if (!(y.beta_slow > 0)) throw InputError(o + ": field 'beta_slow' must be positive");
+  if (!(y.beta_slow > 0))
+    throw InputError(fmt::format("{}: field 'beta_slow' must be positive", o));
   if (!(y.beta_fast > y.beta_slow))
-    throw InputError(o + ": field 'beta_fast' (" + std::to_string(y.beta_fast) +
-                     ") must be larger than 'beta_slow' (" + std::to_string(y.beta_slow) + ")");
-  if (y.mscale < 0) throw InputError(o + ": field 'mscale' must not be negative");
-  if (y.mscale_all_dim < 0) throw InputError(o + ": field 'mscale_all_dim' must not be negative");
-  return y;
+    throw InputError(
+        fmt::format("{}: field 'beta_fast' ({:f}) must be larger than 'beta_slow' ({:f})", o,
+                    y.beta_fast, y.beta_slow));
+  if (y.mscale < 0) throw InputError(fmt::format("{}: field 'mscale' must not be negative", o));
+  if (y.mscale_all_dim < 0)
+    throw InputError(fmt::format("{}: field 'mscale_all_dim' must not be negative", o));
 }
 
 }  // namespace
 
-MlaConfig MlaConfig::from_json(const nlohmann::json& j, const std::string& origin) {
-  if (!j.is_object()) throw InputError(origin + ": config is not a JSON object");
-  MlaConfig c;
-  c.hidden_size = positive_size(j, "hidden_size", origin);
-  c.num_attention_heads = positive_size(j, "num_attention_heads", origin);
-  c.num_hidden_layers = positive_size(j, "num_hidden_layers", origin);
-  c.kv_lora_rank = positive_size(j, "kv_lora_rank", origin);
-  c.qk_nope_head_dim = positive_size(j, "qk_nope_head_dim", origin);
-  c.qk_rope_head_dim = positive_size(j, "qk_rope_head_dim", origin);
-  c.v_head_dim = positive_size(j, "v_head_dim", origin);
-  c.max_position_embeddings = positive_size(j, "max_position_embeddings", origin);
+void check_mla_config(const MlaConfig& c, const std::string& origin) {
+  require_size(c.hidden_size, "hidden_size", origin);
+  require_size(c.num_attention_heads, "num_attention_heads", origin);
+  require_size(c.num_hidden_layers, "num_hidden_layers", origin);
+  require_size(c.kv_lora_rank, "kv_lora_rank", origin);
+  require_size(c.qk_nope_head_dim, "qk_nope_head_dim", origin);
+  require_size(c.qk_rope_head_dim, "qk_rope_head_dim", origin);
+  require_size(c.v_head_dim, "v_head_dim", origin);
+  require_size(c.max_position_embeddings, "max_position_embeddings", origin);
 
   // RoPE rotates pairs of features, so the rotated part has an even width.
   if (c.qk_rope_head_dim % 2 != 0)
-    throw InputError(origin + ": field 'qk_rope_head_dim' must be even (got " +
-                     std::to_string(c.qk_rope_head_dim) + "): RoPE rotates pairs of features");
+    throw InputError(
+        fmt::format("{}: field 'qk_rope_head_dim' must be even (got {}): RoPE rotates pairs of "
+                    "features",
+                    origin, c.qk_rope_head_dim));
+  if (c.q_lora_rank) require_size(*c.q_lora_rank, "q_lora_rank", origin);
+
+  require_finite(c.rope_theta, "rope_theta", origin);
+  if (!(c.rope_theta > 1))
+    throw InputError(fmt::format("{}: field 'rope_theta' must be larger than 1 (got {:f})", origin,
+                                 c.rope_theta));
+  require_finite(c.rms_norm_eps, "rms_norm_eps", origin);
+  if (!(c.rms_norm_eps > 0))
+    throw InputError(fmt::format("{}: field 'rms_norm_eps' must be positive (got {:f})", origin,
+                                 c.rms_norm_eps));
+
+  // Checked whenever the block is there, active or not (a config is one whole, and the same
+  // file with a longer max_position_embeddings would turn it on).
+  if (c.yarn) check_yarn(*c.yarn, origin);
+}
+
+MlaConfig MlaConfig::from_json(const nlohmann::json& j, const std::string& origin) {
+  if (!j.is_object()) throw InputError(fmt::format("{}: config is not a JSON object", origin));
+  MlaConfig c;
+  c.hidden_size = read_size(j, "hidden_size", origin);
+  c.num_attention_heads = read_size(j, "num_attention_heads", origin);
+  c.num_hidden_layers = read_size(j, "num_hidden_layers", origin);
+  c.kv_lora_rank = read_size(j, "kv_lora_rank", origin);
+  c.qk_nope_head_dim = read_size(j, "qk_nope_head_dim", origin);
+  c.qk_rope_head_dim = read_size(j, "qk_rope_head_dim", origin);
+  c.v_head_dim = read_size(j, "v_head_dim", origin);
+  c.max_position_embeddings = read_size(j, "max_position_embeddings", origin);
 
   // q_lora_rank must be written out: null means "no query compression", which is a real choice
   // (DeepSeek-V2-Lite), not a default to guess.
   if (!j.contains("q_lora_rank"))
-    throw InputError(origin +
-                     ": field 'q_lora_rank' is missing (null for a layer without query "
-                     "compression, else a positive integer)");
-  if (!j.at("q_lora_rank").is_null()) c.q_lora_rank = positive_size(j, "q_lora_rank", origin);
+    throw InputError(fmt::format(
+        "{}: field 'q_lora_rank' is missing (null for a layer without query compression, else a "
+        "positive integer)",
+        origin));
+  if (!j.at("q_lora_rank").is_null()) c.q_lora_rank = read_size(j, "q_lora_rank", origin);
 
-  c.rope_theta = finite_number(j, "rope_theta", origin);
-  if (!(c.rope_theta > 1))
-    throw InputError(origin + ": field 'rope_theta' must be larger than 1 (got " +
-                     std::to_string(c.rope_theta) + ")");
-  c.rms_norm_eps = finite_number(j, "rms_norm_eps", origin);
-  if (!(c.rms_norm_eps > 0))
-    throw InputError(origin + ": field 'rms_norm_eps' must be positive (got " +
-                     std::to_string(c.rms_norm_eps) + ")");
+  c.rope_theta = read_number(j, "rope_theta", origin);
+  c.rms_norm_eps = read_number(j, "rms_norm_eps", origin);
 
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
-    if (!rs->is_object()) throw InputError(origin + ": field 'rope_scaling' is not an object");
+    if (!rs->is_object())
+      throw InputError(fmt::format("{}: field 'rope_scaling' is not an object", origin));
     // Older configs say "type", newer ones "rope_type"; if both are there they must agree.
     const std::string o = origin + ": rope_scaling";
     reject_structured(*rs, "type", o, "a string");
@@ -124,44 +174,30 @@ MlaConfig MlaConfig::from_json(const nlohmann::json& j, const std::string& origi
     const auto type = json_optional<std::string>(*rs, "type", o);
     const auto rope_type = json_optional<std::string>(*rs, "rope_type", o);
     if (type && rope_type && *type != *rope_type)
-      throw InputError(o + ": fields 'type' (" + *type + ") and 'rope_type' (" + *rope_type +
-                       ") disagree");
-    if (!type && !rope_type) throw InputError(o + ": field 'type' is missing");
+      throw InputError(fmt::format("{}: fields 'type' ({}) and 'rope_type' ({}) disagree", o, *type,
+                                   *rope_type));
+    if (!type && !rope_type) throw InputError(fmt::format("{}: field 'type' is missing", o));
     const std::string t = type ? *type : *rope_type;
+    // Reading the block does not switch YaRN on: it acts only when max_position_embeddings
+    // exceeds its original_max_position_embeddings, as in DeepSeek's reference (see
+    // MlaConfig::max_position_embeddings and ch06::yarn_active).
     if (t == "yarn") {
-      c.yarn = parse_yarn(*rs, origin);
+      c.yarn = read_yarn(*rs, origin);
     } else if (t != "default") {  // "default" is Hugging Face's name for plain RoPE
-      std::string shown = t.size() > 40 ? t.substr(0, 40) + "..." : t;
-      throw InputError(o + ": type '" + shown + "' is not supported (only 'yarn')");
+      const std::string shown = t.size() > 40 ? t.substr(0, 40) + "..." : t;
+      throw InputError(fmt::format("{}: type '{}' is not supported (only 'yarn')", o, shown));
     }
   }
+  check_mla_config(c, origin);
   return c;
 }
 
-namespace {
-
-/// Run a JSON parse, turning every nlohmann exception into an InputError. mla::parse_json only
-/// converts parse_error, but a number too large for a double ("1e999") throws out_of_range
-/// (found by fuzz_config; tests/fuzz/regressions/config-number-overflow.bin).
-template <class F>
-nlohmann::json guarded_parse(F&& parse, const std::string& origin) {
-  try {
-    return parse();
-  } catch (const nlohmann::json::exception& e) {
-    std::string detail = e.what();
-    if (detail.size() > 200) detail = detail.substr(0, 200) + "...";
-    throw InputError(origin + ": not well-formed JSON (" + detail + ")");
-  }
-}
-
-}  // namespace
-
 MlaConfig MlaConfig::parse(const std::string& text, const std::string& origin) {
-  return from_json(guarded_parse([&] { return parse_json(text, origin); }, origin), origin);
+  return from_json(parse_json(text, origin), origin);
 }
 
 MlaConfig MlaConfig::load(const std::string& path) {
-  return from_json(guarded_parse([&] { return load_json_file(path); }, path), path);
+  return from_json(load_json_file(path), path);
 }
 
 }  // namespace mla

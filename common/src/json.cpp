@@ -4,26 +4,61 @@
 #include <cstdint>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <type_traits>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "messages.hpp"
 
 namespace mla {
 
-nlohmann::json parse_json(const std::string& text, const std::string& origin) {
+nlohmann::json parse_json(const std::string& text, const std::string& origin,
+                          const JsonOptions& options) {
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  std::string duplicate;
+  // Called by nlohmann for every token: it tracks the keys of each open object.
+  auto watch_keys = [&](int /*depth*/, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (ev == E::object_start) {
+      keys.emplace_back();
+    } else if (ev == E::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (ev == E::key && !keys.empty() && duplicate.empty()) {
+      const std::string& k = parsed.get_ref<const std::string&>();
+      if (!keys.back().insert(k).second) duplicate = k;
+    }
+    return true;
+  };
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(text);
+    j = options.unique_keys ? nlohmann::json::parse(text, watch_keys) : nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     // parse_error for bad syntax, out_of_range for numbers like 1e999: both are bad input.
-    throw InputError(origin + ": not well-formed JSON (" + e.what() + ")");
+    std::string detail = e.what();
+    if (detail.size() > 200) detail = detail.substr(0, 200) + "...";
+    const std::string what = options.what.empty() ? "" : options.what + " is ";
+    throw InputError(fmt::format("{}: {}not well-formed JSON ({})", origin, what, detail));
   }
+  if (!duplicate.empty()) {
+    throw InputError(
+        fmt::format("{}: {} names {} twice", origin, options.what, detail::quote_name(duplicate)));
+  }
+  return j;
 }
 
-nlohmann::json load_json_file(const std::string& path) {
+std::string read_text_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw InputError(path + ": cannot open file");
+  if (!f) throw InputError(fmt::format("{}: cannot open file", path));
   std::ostringstream ss;
   ss << f.rdbuf();
-  return parse_json(ss.str(), path);
+  return ss.str();
+}
+
+nlohmann::json load_json_file(const std::string& path, const JsonOptions& options) {
+  return parse_json(read_text_file(path), path, options);
 }
 
 namespace {
@@ -34,7 +69,7 @@ T convert(const nlohmann::json& v, const std::string& key, const std::string& or
     std::string got = v.dump();
     if (got.size() > 80)
       got = got.substr(0, 77) + "...";  // a huge token must not make a huge message
-    return InputError(origin + ": field '" + key + "' is not " + kind + " (got " + got + ")");
+    return InputError(fmt::format("{}: field '{}' is not {} (got {})", origin, key, kind, got));
   };
   if constexpr (std::is_same_v<T, bool>) {
     if (!v.is_boolean()) throw bad("a boolean");
@@ -80,16 +115,17 @@ T convert(const nlohmann::json& v, const std::string& key, const std::string& or
 
 template <class T>
 T json_field(const nlohmann::json& j, const std::string& key, const std::string& origin) {
-  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
+  if (!j.is_object()) throw InputError(fmt::format("{}: expected a JSON object", origin));
   auto it = j.find(key);
-  if (it == j.end() || it->is_null()) throw InputError(origin + ": field '" + key + "' is missing");
+  if (it == j.end() || it->is_null())
+    throw InputError(fmt::format("{}: field '{}' is missing", origin, key));
   return convert<T>(*it, key, origin);
 }
 
 template <class T>
 std::optional<T> json_optional(const nlohmann::json& j, const std::string& key,
                                const std::string& origin) {
-  if (!j.is_object()) throw InputError(origin + ": expected a JSON object");
+  if (!j.is_object()) throw InputError(fmt::format("{}: expected a JSON object", origin));
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::nullopt;
   return convert<T>(*it, key, origin);

@@ -6,7 +6,8 @@
 #include <map>
 #include <string>
 
-#include "mla/safetensors.hpp"
+#include "mla/checkpoint.hpp"
+#include "mla/safetensors_writer.hpp"
 
 namespace {
 

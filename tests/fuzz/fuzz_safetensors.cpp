@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mla/safetensors.hpp"
+#include "mla/safetensors_writer.hpp"
 
 namespace {
 

@@ -1,17 +1,20 @@
 /// @file bf16.hpp
-/// @brief bfloat16 storage for the latent cache: conversions, and a SIMD load that widens 8 or 16
-///        bf16 numbers to a batch of floats.
+/// @brief bfloat16 storage for the latent cache, on the kernels' side: the short names the
+///        kernels use for the conversions, the three-way split that feeds vdpbf16ps, and a SIMD
+///        load that widens 8 or 16 bf16 numbers to a batch of floats.
 ///
 /// bf16 is the upper half of an IEEE float: same 8-bit exponent, 7 mantissa bits instead of 23.
 /// Widening is exact (shift left by 16); narrowing rounds to nearest even. The kernels keep
-/// every sum in float, so a bf16 cache only changes what is stored, not how it is added.
+/// every sum in float, so a bf16 cache only changes what is stored, not how it is added. The
+/// conversions themselves live in common/ (mla/bf16.hpp), shared with the checkpoint reader.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include <xsimd/xsimd.hpp>
+
+#include "mla/bf16.hpp"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -22,21 +25,14 @@ namespace mla::ch07 {
 /// @addtogroup ch07
 /// @{
 
-/// float -> bf16, round to nearest even; NaN stays a (quiet) NaN.
+/// float -> bf16, round to nearest even; NaN stays a (quiet) NaN: mla::float_to_bf16.
 inline std::uint16_t to_bf16(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
-  const std::uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);  // ties go to the even neighbour
-  return static_cast<std::uint16_t>((u + rounding) >> 16);
+  return mla::float_to_bf16(f);
 }
 
-/// bf16 -> float, exact.
+/// bf16 -> float, exact: mla::bf16_to_float.
 inline float from_bf16(std::uint16_t b) {
-  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+  return mla::bf16_to_float(b);
 }
 
 /// A float rounded to bf16 and back: what a bf16 cache hands the kernel for `f`.
@@ -57,9 +53,7 @@ inline void split_bf16(float f, std::uint16_t& hi, std::uint16_t& mid, std::uint
     mid = lo = 0;
     return;
   }
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  hi = static_cast<std::uint16_t>(u >> 16);
+  hi = static_cast<std::uint16_t>(mla::float_bits(f) >> 16);
   const float r1 = f - from_bf16(hi);  // exact: the lower 16 bits of f
   mid = to_bf16(r1);
   lo = to_bf16(r1 - from_bf16(mid));  // exact, and exactly a bf16

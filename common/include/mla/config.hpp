@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "mla/program.hpp"
+#include "mla/errors.hpp"
 
 namespace mla {
 
@@ -27,33 +27,51 @@ struct YarnScaling {
 
 /// The attention fields of a DeepSeek-V2/V3 config.json.
 struct MlaConfig {
-  std::size_t hidden_size = 0;              ///< d_model
-  std::size_t num_attention_heads = 0;      ///< H
-  std::size_t num_hidden_layers = 0;        ///< layers of the model, one attention each
-  std::size_t kv_lora_rank = 0;             ///< d_c, the KV latent width
-  std::size_t qk_nope_head_dim = 0;         ///< per-head query/key features without position
-  std::size_t qk_rope_head_dim = 0;         ///< d_r, per-head features that RoPE rotates (even)
-  std::size_t v_head_dim = 0;               ///< d_v, per-head value width
-  std::size_t max_position_embeddings = 0;  ///< longest context; YaRN acts if above the original
-  std::optional<std::size_t> q_lora_rank;   ///< null -> no query compression: the layer has q_proj
-  double rope_theta = 10000.0;              ///< > 1
-  double rms_norm_eps = 1e-6;               ///< > 0
-  std::optional<YarnScaling> yarn;          ///< rope_scaling of type "yarn"
+  std::size_t hidden_size = 0;          ///< d_model
+  std::size_t num_attention_heads = 0;  ///< H
+  std::size_t num_hidden_layers = 0;    ///< layers of the model, one attention each
+  std::size_t kv_lora_rank = 0;         ///< d_c, the KV latent width
+  std::size_t qk_nope_head_dim = 0;     ///< per-head query/key features without position
+  std::size_t qk_rope_head_dim = 0;     ///< d_r, per-head features that RoPE rotates (even)
+  std::size_t v_head_dim = 0;           ///< d_v, per-head value width
+  /// The longest context the layer is built for. It plays the part of DeepSeek's
+  /// `ModelArgs.max_seq_len`: DeepSeek's reference (inference/model.py) applies YaRN, both its
+  /// frequencies and its softmax temperature, only when `max_seq_len > original_seq_len`, and so
+  /// does this project when max_position_embeddings > yarn->original_max_position_embeddings
+  /// (ch06::yarn_active). A `rope_scaling` block alone does not turn YaRN on.
+  std::size_t max_position_embeddings = 0;
+  std::optional<std::size_t> q_lora_rank;  ///< null -> no query compression: the layer has q_proj
+  double rope_theta = 10000.0;             ///< > 1
+  double rms_norm_eps = 1e-6;              ///< > 0
+  std::optional<YarnScaling> yarn;         ///< rope_scaling of type "yarn"
 
   /// Per-head width of queries and keys: qk_nope_head_dim + qk_rope_head_dim.
   std::size_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
 
-  /// Read and validate the fields from a parsed config.json. InputError naming `origin` and the
-  /// field: a missing field, a size that is not a positive integer, an odd qk_rope_head_dim, a
-  /// q_lora_rank that is neither null nor positive, a rope_scaling of another type than "yarn"
-  /// (or "default", meaning none), a yarn without factor or original_max_position_embeddings.
-  /// Other fields of the file (vocab_size, experts, ...) are ignored.
+  /// Read the fields from a parsed config.json and validate them with check_mla_config.
+  /// InputError naming `origin` and the field: a missing field, a value of the wrong kind (a
+  /// size that is not an integer, an object where a number belongs), a q_lora_rank that is
+  /// absent (it must be written out, null or a number), a rope_scaling of another type than
+  /// "yarn" (or "default", meaning none), a yarn without factor or
+  /// original_max_position_embeddings; then every rule of check_mla_config. Other fields of the
+  /// file (vocab_size, experts, ...) are ignored.
   static MlaConfig from_json(const nlohmann::json& j, const std::string& origin);
   /// from_json of the text of a config.json; text that is not JSON is an InputError too.
   static MlaConfig parse(const std::string& text, const std::string& origin);
   /// from_json of the file at `path`.
   static MlaConfig load(const std::string& path);
 };
+
+/// The one validation of an MlaConfig, whether it was read from a file (from_json calls it) or
+/// made in code (ch06::make_mla_config; every MlaLayer checks its config with it). InputError
+/// "<origin>: field '<name>' ..." for: a size that is zero or above 2^31 (hidden_size,
+/// num_attention_heads, num_hidden_layers, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
+/// v_head_dim, max_position_embeddings, and q_lora_rank when set), an odd qk_rope_head_dim
+/// (RoPE rotates pairs), a rope_theta that is not finite and > 1, an rms_norm_eps that is not
+/// finite and > 0; and, with a yarn block (`<origin>: rope_scaling: field ...`): a factor that
+/// is not finite and > 0, an original_max_position_embeddings of 0, beta values that are not
+/// finite or not beta_fast > beta_slow > 0, a negative mscale or mscale_all_dim.
+void check_mla_config(const MlaConfig& cfg, const std::string& origin = "MLA config");
 
 /// @}
 

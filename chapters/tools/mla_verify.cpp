@@ -1,6 +1,10 @@
 // mla_verify: run test cases (a Hugging Face config.json + a safetensors file with the layer's
-// weights and test inputs/outputs) through every implementation of the MLA layer and compare.
+// weights and test inputs/outputs) through every path of the MLA layer and compare.
 // Exit code 0: every path matches within the tolerance; 1: some path does not; 2: unusable input.
+//
+// It lives in chapters/tools/ because it checks every chapter's paths at once: chapter 6's naive
+// and absorbed layers and chapter 7's optimized cores. A chapter never includes a later one, so a
+// program that needs them all sits above them (chapters/tools/CMakeLists.txt).
 #include <cmath>
 #include <iostream>
 #include <optional>
@@ -11,9 +15,7 @@
 #include <CLI/CLI.hpp>
 
 #include "06_decoupled_rope/verify.hpp"
-#if MLA_CH07_HAS_LATENT_ATTENTION
 #include "07_optimized_mla/fast_latent_attention.hpp"
-#endif
 #include "mla/program.hpp"
 #include "mla/table.hpp"
 
@@ -21,14 +23,12 @@ namespace {
 
 using namespace mla::ch06;
 
-// Every path mla_verify knows. The list is data: chapter 7 appends its optimized paths here
-// (e.g. paths.push_back(absorbed_path("simd", "...", make_simd_latent_attention))).
-// Chapter 6's naive and absorbed paths, then, when chapter 7 is built, its optimized cores.
+// Every path mla_verify knows, in chapter order: chapter 6's naive and absorbed layers
+// (builtin_paths), then chapter 7's optimized cores (optimized_paths: "fast", "fast_bf16"). The
+// list is data: a later chapter that brings a new path appends its own list here the same way.
 std::vector<MlaPath> available_paths() {
   std::vector<MlaPath> paths = builtin_paths();
-#if MLA_CH07_HAS_LATENT_ATTENTION
   for (MlaPath& p : mla::ch07::optimized_paths()) paths.push_back(std::move(p));
-#endif
   return paths;
 }
 
