@@ -1,10 +1,14 @@
 #include "07_optimized_mla/latent_cache.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <string>
 
 #include "07_optimized_mla/kernels/bf16.hpp"
+#include "mla/fp8.hpp"
 
 namespace mla::ch07 {
 
@@ -14,13 +18,23 @@ std::size_t round_up(std::size_t n, std::size_t m) {
 }
 }  // namespace
 
-LatentCache::LatentCache(std::size_t d_c, std::size_t d_r, CacheType type)
+LatentCache::LatentCache(std::size_t d_c, std::size_t d_r, CacheType type, std::size_t fp8_tile)
     : d_c_(d_c),
       d_r_(d_r),
       lat_stride_(round_up(d_c, 16)),
       stride_(round_up(d_c, 16) + round_up(d_r, 16)),
-      type_(type) {
+      type_(type),
+      fp8_tile_(fp8_tile) {
   if (d_c == 0) throw std::invalid_argument("LatentCache: d_c must be at least 1");
+  if (type == CacheType::FP8 && (fp8_tile == 0 || fp8_tile % 16 != 0)) {
+    throw std::invalid_argument("LatentCache: the FP8 scale tile (" + std::to_string(fp8_tile) +
+                                ") must be a positive multiple of 16");
+  }
+  // FP8: codes, then the scales padded to 16 bytes, then the bf16 rope key: every part starts
+  // 16-byte aligned and a row is a multiple of 16 bytes (656 for DeepSeek's 512 + 64).
+  fp8_rope_offset_ = lat_stride_ + round_up(4 * fp8_scales(), 16);
+  row_bytes_ = type == CacheType::FP8 ? fp8_rope_offset_ + 2 * round_up(d_r, 16)
+                                      : stride_ * element_bytes(type);
 }
 
 std::size_t LatentCache::tile_rows(std::size_t i) const {
@@ -36,19 +50,57 @@ const std::uint16_t* LatentCache::tile_bf16(std::size_t i) const {
   return reinterpret_cast<const std::uint16_t*>(tiles_[i].get());
 }
 
+const std::uint8_t* LatentCache::tile_fp8(std::size_t i) const {
+  return tiles_[i].get();
+}
+
 void* LatentCache::row(std::size_t t) {
   const std::size_t tile = t / kTileTokens;
-  const std::size_t esize = element_bytes(type_);
   if (tile == tiles_.size()) {
-    // A new tile, zero-filled so that the padding columns hold zeros. Its size is a multiple
-    // of 64 bytes (stride is a multiple of 16 numbers), as aligned_alloc requires.
-    const std::size_t bytes = kTileTokens * stride_ * esize;
+    // A new tile, zero-filled so that the padding columns hold zeros (code 0 is +0 in e4m3
+    // too). Its size is a multiple of 64 bytes (a row is a multiple of 16 bytes, 64 rows), as
+    // aligned_alloc requires.
+    const std::size_t bytes = kTileTokens * row_bytes_;
     void* p = std::aligned_alloc(64, bytes);
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, bytes);
     tiles_.emplace_back(static_cast<unsigned char*>(p));
   }
-  return tiles_[tile].get() + (t % kTileTokens) * stride_ * esize;
+  return tiles_[tile].get() + (t % kTileTokens) * row_bytes_;
+}
+
+// One token into an FP8 row: per scale tile, the smallest power of two that brings the tile's
+// largest magnitude to at most 448, then each number divided by it (exact) and rounded to e4m3.
+void LatentCache::append_fp8(const float* c, const float* r, unsigned char* dst) const {
+  float* scales = reinterpret_cast<float*>(dst + fp8_scale_offset());
+  for (std::size_t j = 0; j < fp8_scales(); ++j) {
+    const std::size_t k0 = j * fp8_tile_, k1 = std::min(d_c_, k0 + fp8_tile_);
+    float amax = 0.0f;
+    for (std::size_t k = k0; k < k1; ++k) {
+      if (!std::isfinite(c[k])) {
+        throw std::invalid_argument(
+            "LatentCache: an FP8 cache cannot hold the non-finite latent "
+            "number " +
+            std::to_string(c[k]) + " (index " + std::to_string(k) + ")");
+      }
+      amax = std::max(amax, std::fabs(c[k]));
+    }
+    // 2^ceil(log2(amax / 448)), from the exponent alone: amax/448 = f · 2^e with f in [0.5, 1)
+    // is at most 2^e, and exactly 2^(e-1) when f = 0.5. A tile of zeros keeps scale 1 (any
+    // scale gives codes 0).
+    int n = 0;
+    if (amax > 0.0f) {
+      int e = 0;
+      const float f = std::frexp(amax / kE4m3Max, &e);
+      n = f == 0.5f ? e - 1 : e;
+    }
+    scales[j] = std::ldexp(1.0f, n);
+    // x / 2^n by the exponent alone (exact; a multiplication by 1/2^n would overflow to inf for
+    // the tiniest tiles, where 2^n is subnormal).
+    for (std::size_t k = k0; k < k1; ++k) dst[k] = float_to_e4m3(std::ldexp(c[k], -n));
+  }
+  std::uint16_t* rope = reinterpret_cast<std::uint16_t*>(dst + fp8_rope_offset_);
+  for (std::size_t k = 0; k < d_r_; ++k) rope[k] = to_bf16(r[k]);
 }
 
 void LatentCache::append(const float* c_kv, const float* k_rope, std::size_t n) {
@@ -56,7 +108,9 @@ void LatentCache::append(const float* c_kv, const float* k_rope, std::size_t n) 
     const float* c = c_kv + i * d_c_;
     const float* r = k_rope + i * d_r_;
     void* dst = row(size_);
-    if (type_ == CacheType::F32) {
+    if (type_ == CacheType::FP8) {
+      append_fp8(c, r, static_cast<unsigned char*>(dst));
+    } else if (type_ == CacheType::F32) {
       float* f = static_cast<float*>(dst);
       std::memcpy(f, c, d_c_ * sizeof(float));
       if (d_r_ > 0) std::memcpy(f + lat_stride_, r, d_r_ * sizeof(float));
@@ -76,14 +130,25 @@ void LatentCache::append_rows(const float* rows, std::size_t n) {
 
 float LatentCache::at(std::size_t t, std::size_t k) const {
   if (t >= size_ || k >= d_c_ + d_r_) throw std::out_of_range("LatentCache::at");
+  const std::size_t tile = t / kTileTokens;
+  if (type_ == CacheType::FP8) {
+    const std::uint8_t* row = tile_fp8(tile) + (t % kTileTokens) * row_bytes_;
+    if (k >= d_c_) {
+      std::uint16_t b;
+      std::memcpy(&b, row + fp8_rope_offset_ + 2 * (k - d_c_), 2);
+      return from_bf16(b);
+    }
+    float scale;
+    std::memcpy(&scale, row + fp8_scale_offset() + 4 * (k / fp8_tile_), 4);
+    return e4m3_to_float(row[k]) * scale;
+  }
   const std::size_t col = k < d_c_ ? k : lat_stride_ + (k - d_c_);
   const std::size_t idx = (t % kTileTokens) * stride_ + col;
-  const std::size_t tile = t / kTileTokens;
   return type_ == CacheType::F32 ? tile_f32(tile)[idx] : from_bf16(tile_bf16(tile)[idx]);
 }
 
 double LatentCache::bytes_per_step() const {
-  return static_cast<double>(size_) * static_cast<double>(stride_ * element_bytes(type_));
+  return static_cast<double>(size_) * static_cast<double>(row_bytes_);
 }
 
 }  // namespace mla::ch07

@@ -15,11 +15,17 @@ namespace mla::ch07 {
 /// @{
 
 /// Number format of a cache.
-enum class CacheType { F32, BF16 };
+///  - F32: every number as a float (4 bytes);
+///  - BF16: every number as bfloat16 (2 bytes);
+///  - FP8: DeepSeek-V3.2's deployed layout: the latent as e4m3fn codes (1 byte) with one
+///    power-of-two float scale per tile of 128 latent numbers, the rope key in bf16 (it is
+///    "sensitive to precision loss", so it is not quantized): 512 + 4·4 + 64·2 = 656 bytes per
+///    token at d_c = 512, d_r = 64.
+enum class CacheType { F32, BF16, FP8 };
 
-/// Bytes per cached number.
+/// Bytes per cached number (the latent's, for FP8).
 inline std::size_t element_bytes(CacheType t) {
-  return t == CacheType::F32 ? 4 : 2;
+  return t == CacheType::F32 ? 4 : t == CacheType::BF16 ? 2 : 1;
 }
 
 /// The per-sequence MLA cache in the kernels' layout.
@@ -40,16 +46,35 @@ inline std::size_t element_bytes(CacheType t) {
 ///  - appending fills the last tile and adds a new one when it is full: cached tokens never move
 ///    (a growing std::vector would copy the whole cache on every reallocation), and nothing is
 ///    re-laid-out per decode step — the cost of the layout is paid once, when a token arrives.
+///
+/// An FP8 row is bytes, not numbers of one type (row_bytes() of them):
+///
+///     [ e4m3 codes of c_kv (lat_stride() bytes) | scales (fp8_scales() floats, padded to 16 B)
+///       | k_rope as bf16 (d_r rounded up to 16 numbers) ]
+///
+/// Latent number k of a token is `e4m3(code[k]) · scale[k / fp8_tile()]`, with
+/// `scale = 2^ceil(log2(amax / 448))` over the tile's numbers (amax their largest magnitude): the
+/// smallest power of two that brings the tile into e4m3's range, so dequantizing is exact
+/// arithmetic and the codes use the top of the range (the tile's largest number lands in
+/// (224, 448]). Quantizing happens once per token, in append().
 class LatentCache {
  public:
   /// Tokens per tile: a multiple of the micro-kernel's 6-token groups plus a 4-token tail
   /// would do as well; 64 keeps a fp32 tile (64 × 576 × 4 B = 144 KiB) inside the L2 cache.
   static constexpr std::size_t kTileTokens = 64;
 
-  /// An empty cache for latents of `d_c` numbers and rope keys of `d_r` numbers (d_c >= 1).
-  LatentCache(std::size_t d_c, std::size_t d_r, CacheType type = CacheType::F32);
+  /// DeepSeek-V3.2's scale tile: 128 latent numbers share one scale.
+  static constexpr std::size_t kFp8Tile = 128;
 
-  /// Append n tokens: c_kv (n, d_c), k_rope (n, d_r), row-major; bf16 caches round to nearest.
+  /// An empty cache for latents of `d_c` numbers and rope keys of `d_r` numbers (d_c >= 1).
+  /// fp8_tile: latent numbers per scale in an FP8 cache (a multiple of 16; ignored otherwise).
+  LatentCache(std::size_t d_c, std::size_t d_r, CacheType type = CacheType::F32,
+              std::size_t fp8_tile = kFp8Tile);
+
+  /// Append n tokens: c_kv (n, d_c), k_rope (n, d_r), row-major; bf16 caches round to nearest,
+  /// FP8 caches quantize the latent per scale tile (round to nearest even) and round the rope
+  /// key to bf16. Non-finite latent numbers are refused for FP8 (std::invalid_argument): e4m3fn
+  /// has no infinity, and one NaN would poison its tile's scale.
   void append(const float* c_kv, const float* k_rope, std::size_t n);
   /// Append n tokens given as rows (n, d_c + d_r) = [c_kv | k_rope].
   void append_rows(const float* rows, std::size_t n);
@@ -61,7 +86,16 @@ class LatentCache {
   std::size_t d_r() const { return d_r_; }                ///< rope-key width
   std::size_t lat_stride() const { return lat_stride_; }  ///< d_c rounded up to 16
   std::size_t stride() const { return stride_; }          ///< numbers per row, padding included
-  CacheType type() const { return type_; }                ///< F32 or BF16 elements
+  CacheType type() const { return type_; }                ///< F32, BF16 or FP8 elements
+  /// Bytes from one row to the next (stride() numbers of F32/BF16; the FP8 layout above).
+  std::size_t row_bytes() const { return row_bytes_; }
+  std::size_t fp8_tile() const { return fp8_tile_; }  ///< latent numbers per FP8 scale
+  /// FP8 scales per row: ceil(d_c / fp8_tile()).
+  std::size_t fp8_scales() const { return (d_c_ + fp8_tile_ - 1) / fp8_tile_; }
+  /// Byte offset of the scales in an FP8 row (= lat_stride()).
+  std::size_t fp8_scale_offset() const { return lat_stride_; }
+  /// Byte offset of the bf16 rope key in an FP8 row.
+  std::size_t fp8_rope_offset() const { return fp8_rope_offset_; }
   /// Tiles holding tokens.
   std::size_t tiles() const { return (size_ + kTileTokens - 1) / kTileTokens; }
   /// Tokens in tile i (kTileTokens except maybe the last).
@@ -70,9 +104,11 @@ class LatentCache {
   const float* tile_f32(std::size_t i) const;
   /// Tile i as bf16 (kTileTokens, stride()); only for CacheType::BF16.
   const std::uint16_t* tile_bf16(std::size_t i) const;
+  /// Tile i as FP8 rows (kTileTokens rows of row_bytes()); only for CacheType::FP8.
+  const std::uint8_t* tile_fp8(std::size_t i) const;
   /// Element k (< d_c + d_r, in [c_kv | k_rope] numbering) of token t, as a float.
   float at(std::size_t t, std::size_t k) const;
-  /// Bytes a decode step reads: size() rows of stride() numbers.
+  /// Bytes a decode step reads: size() rows of row_bytes().
   double bytes_per_step() const;
 
  private:
@@ -81,8 +117,11 @@ class LatentCache {
   };
   void* row(std::size_t t);  // address of token t's row, allocating its tile if needed
 
+  void append_fp8(const float* c, const float* r, unsigned char* dst) const;
+
   std::size_t d_c_, d_r_, lat_stride_, stride_;
   CacheType type_;
+  std::size_t fp8_tile_, fp8_rope_offset_, row_bytes_;
   std::size_t size_ = 0;
   std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;
 };
