@@ -9,11 +9,16 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
+#include <filesystem>
 #include <limits>
 #include <string>
+#include <system_error>
 #include <vector>
+
+#include <unistd.h>
 
 #include <xtensor/xview.hpp>
 
@@ -202,5 +207,25 @@ inline Tensor3 random_tensor3(Rng& rng, std::size_t B, std::size_t S, std::size_
   for (float& v : x) v = rng.normal(std);
   return x;
 }
+
+/// A fresh empty folder under the system temp dir, removed (with what it holds) when the object
+/// goes away: for tests that write files. `dir / "name"` is the path of a file in it.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = std::filesystem::temp_directory_path() /
+           ("mla_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
 
 }  // namespace mla::test

@@ -106,8 +106,23 @@ TEST_CASE("e4m3fn encoder: every finite code round-trips, ties go to the even co
   // Far below the smallest subnormal: zero, with its sign.
   CHECK(mla::float_to_e4m3(1e-30f) == 0x00);
   CHECK(mla::float_to_e4m3(-1e-30f) == 0x80);
-  CHECK(mla::float_to_e4m3(std::ldexp(1.0f, -10)) ==
-        0x00);  // half the smallest subnormal: tie to 0
+  // Half the smallest subnormal ties to the even code: zero.
+  CHECK(mla::float_to_e4m3(std::ldexp(1.0f, -10)) == 0x00);
+}
+
+TEST_CASE("e5m2 encoder: every finite code round-trips, overflow is infinity", "[loaders][fp8]") {
+  for (int c = 0; c < 256; ++c) {
+    if (((c >> 2) & 0x1F) == 0x1F) continue;  // inf and NaN
+    INFO("code 0x" << std::hex << c);
+    CHECK(int(mla::float_to_e5m2(mla::e5m2_to_float(std::uint8_t(c)))) == c);
+  }
+  CHECK(mla::float_to_e5m2(61439.0f) == 0x7B);  // below the midpoint to 65536: 57344
+  CHECK(mla::float_to_e5m2(61440.0f) == 0x7C);  // the midpoint ties to even: infinity
+  CHECK(mla::float_to_e5m2(-1e30f) == 0xFC);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  CHECK(std::isnan(mla::e5m2_to_float(mla::float_to_e5m2(nan))));
+  CHECK(mla::float_to_e5m2(1.125f) == 0x3C);  // half way from 1 to 1.25: ties to even (1.0)
+  CHECK(mla::float_to_e5m2(1.375f) == 0x3E);  // half way from 1.25 to 1.5: to 1.5 (even)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,5 +240,263 @@ TEST_CASE("FP8 kernels' SIMD widening: every code, times 2^8, is its e4m3 value"
       CHECK(got[i] * mla::ch07::kE4m3LoadFactor == mla::e4m3_to_float(std::uint8_t(c)));
       CHECK(std::signbit(got[i]) == bool(c & 0x80));
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-scaled FP8 weights, as DeepSeek-V3's release stores them
+// ---------------------------------------------------------------------------------------------
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "06_decoupled_rope/verify.hpp"
+#include "mla/checkpoint.hpp"
+#include "mla/config.hpp"
+#include "mla/json.hpp"
+#include "mla/safetensors_writer.hpp"
+#include "support.hpp"
+
+namespace {
+
+using Catch::Contains;
+using mla::DType;
+using mla::TensorData;
+
+const std::string kFp8Case = std::string(MLA_TEST_DATA_DIR) + "/golden/mla_v3_fp8_tiny";
+
+// A (rows, cols) weight stored as e4m3 codes with a scale per (br, bc) block: codes are chosen
+// (every finite code appears), the scales are powers of ten apart, so a wrong block is obvious.
+struct Fp8Weight {
+  std::size_t rows, cols, br, bc;
+  std::vector<float> codes_value;  // the codes' values, row-major
+  std::vector<float> scales;       // (ceil(rows/br), ceil(cols/bc))
+  std::size_t nbr() const { return (rows + br - 1) / br; }
+  std::size_t nbc() const { return (cols + bc - 1) / bc; }
+  float expected(std::size_t i, std::size_t j) const {
+    return codes_value[i * cols + j] * scales[(i / br) * nbc() + j / bc];
+  }
+};
+
+Fp8Weight make_fp8_weight(std::size_t rows, std::size_t cols, std::size_t br, std::size_t bc) {
+  Fp8Weight w{rows, cols, br, bc, {}, {}};
+  for (std::size_t k = 0; k < rows * cols; ++k) {
+    std::uint8_t code = std::uint8_t((k * 37) % 256);
+    if ((code & 0x7F) == 0x7F) code = 0x3A;  // no NaN codes
+    w.codes_value.push_back(mla::e4m3_to_float(code));
+  }
+  for (std::size_t b = 0; b < w.nbr() * w.nbc(); ++b)
+    w.scales.push_back(std::pow(10.0f, float(b % 5) - 2));
+  return w;
+}
+
+// The tensors of one FP8 weight "w.weight" (+ its scale, unless told otherwise).
+std::vector<TensorData> fp8_tensors(const Fp8Weight& w, DType scale_dtype = DType::F32) {
+  return {{"w.weight", DType::F8_E4M3, {w.rows, w.cols}, w.codes_value},
+          {"w.weight_scale_inv", scale_dtype, {w.nbr(), w.nbc()}, w.scales}};
+}
+
+mla::Checkpoint checkpoint_of(const std::vector<TensorData>& t) {
+  return mla::Checkpoint::from_file(
+      mla::SafeTensors::from_bytes(mla::safetensors_bytes(t), "fp8.safetensors"));
+}
+
+mla::Fp8Quantization blocks(std::size_t br, std::size_t bc) {
+  mla::Fp8Quantization q;
+  q.block_rows = br;
+  q.block_cols = bc;
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("FP8 weights: each block times its own scale, partial edge blocks included",
+          "[loaders][fp8]") {
+  // 5 × 7 in blocks of 2 × 3: block rows 0-1, 2-3, 4 and block columns 0-2, 3-5, 6 (partial).
+  const Fp8Weight w = make_fp8_weight(5, 7, 2, 3);
+  REQUIRE(w.scales.size() == 9);
+  const mla::Checkpoint ck = checkpoint_of(fp8_tensors(w));
+  CHECK(ck.info("w.weight").dtype == DType::F8_E4M3);
+  mla::Mat m;
+  ck.load_weight("w.weight", {5, 7}, m, blocks(2, 3));
+  REQUIRE(m.shape(0) == 5);
+  REQUIRE(m.shape(1) == 7);
+  for (std::size_t i = 0; i < 5; ++i)
+    for (std::size_t j = 0; j < 7; ++j) {
+      INFO("(" << i << ", " << j << ")");
+      CHECK(m(i, j) == w.expected(i, j));  // exact: an e4m3 value times a float
+    }
+  // DeepSeek's kv_a_proj_with_mqa: [576, 7168] has a [5, 56] scale in 128 × 128 blocks.
+  const Fp8Weight big = make_fp8_weight(576, 7168 / 16, 128, 128);
+  CHECK(big.nbr() == 5);
+  // The plain loader gives the codes' values (what is stored), the weight loader the weight.
+  CHECK(ck.load("w.weight") == w.codes_value);
+}
+
+TEST_CASE("FP8 weights: e5m2 codes too, and BF16 weights beside them load as they are",
+          "[loaders][fp8]") {
+  const Fp8Weight w = make_fp8_weight(4, 4, 2, 2);
+  std::vector<float> e5(16);
+  for (std::size_t k = 0; k < 16; ++k)
+    e5[k] = mla::e5m2_to_float(std::uint8_t(k * 7));  // finite codes
+  std::vector<TensorData> t = {{"e.weight", DType::F8_E5M2, {4, 4}, e5},
+                               {"e.weight_scale_inv", DType::F32, {2, 2}, {1, 2, 4, 8}},
+                               {"n.weight", DType::BF16, {4}, {1, 2, 3, 4}}};
+  const mla::Checkpoint ck = checkpoint_of(t);
+  mla::Mat m;
+  ck.load_weight("e.weight", {4, 4}, m, blocks(2, 2));
+  for (std::size_t i = 0; i < 4; ++i)
+    for (std::size_t j = 0; j < 4; ++j)
+      CHECK(m(i, j) == e5[i * 4 + j] * float(1 << (2 * (i / 2) + j / 2)));
+  mla::Vec v;
+  ck.load_weight("n.weight", {4}, v, blocks(128, 128));  // norms stay BF16: no scale needed
+  CHECK(v(3) == 4.0f);
+}
+
+TEST_CASE("FP8 weights: every malformed weight or scale is refused by name", "[loaders][fp8]") {
+  const Fp8Weight w = make_fp8_weight(5, 7, 2, 3);
+  mla::Mat m;
+  const auto q = blocks(2, 3);
+  SECTION("an FP8 weight without its scale") {
+    auto t = fp8_tensors(w);
+    t.pop_back();
+    CHECK_THROWS_WITH(checkpoint_of(t).load_weight("w.weight", {5, 7}, m, q),
+                      Contains("FP8 weight 'w.weight' has no scale 'w.weight_scale_inv'"));
+  }
+  SECTION("a scale of the wrong shape (a block size that does not match the config)") {
+    CHECK_THROWS_WITH(
+        checkpoint_of(fp8_tensors(w)).load_weight("w.weight", {5, 7}, m, blocks(128, 128)),
+        Contains("'w.weight_scale_inv' has shape [3, 3], expected [1, 1]"));
+  }
+  SECTION("a scale of the wrong dtype") {
+    CHECK_THROWS_WITH(
+        checkpoint_of(fp8_tensors(w, DType::BF16)).load_weight("w.weight", {5, 7}, m, q),
+        Contains("'w.weight_scale_inv' has dtype BF16, expected F32"));
+  }
+  SECTION("a scale that is not finite and positive") {
+    for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity(),
+                      std::numeric_limits<float>::quiet_NaN()}) {
+      auto t = fp8_tensors(w);
+      t[1].values[4] = bad;
+      INFO(bad);
+      CHECK_THROWS_WITH(checkpoint_of(t).load_weight("w.weight", {5, 7}, m, q),
+                        Contains("'w.weight_scale_inv'") && Contains("for block (1, 1)") &&
+                            Contains("finite and positive"));
+    }
+  }
+  SECTION("a scale beside a weight that is not FP8") {
+    auto t = fp8_tensors(w);
+    t[0].dtype = DType::BF16;
+    CHECK_THROWS_WITH(
+        checkpoint_of(t).load_weight("w.weight", {5, 7}, m, q),
+        Contains("'w.weight' has dtype BF16, not FP8") && Contains("'w.weight_scale_inv'"));
+  }
+  SECTION("an FP8 weight and a config without quantization_config") {
+    CHECK_THROWS_WITH(
+        checkpoint_of(fp8_tensors(w)).load_weight("w.weight", {5, 7}, m, std::nullopt),
+        Contains("'w.weight' is F8_E4M3") && Contains("no quantization_config"));
+  }
+  SECTION("an FP8 tensor that is not 2-d") {
+    std::vector<TensorData> t = {{"v.weight", DType::F8_E4M3, {4}, {1, 2, 3, 4}}};
+    mla::Vec v;
+    CHECK_THROWS_WITH(checkpoint_of(t).load_weight("v.weight", {4}, v, q),
+                      Contains("only a 2-d Linear weight"));
+  }
+  SECTION("a shape the config does not give") {
+    CHECK_THROWS_WITH(checkpoint_of(fp8_tensors(w)).load_weight("w.weight", {7, 5}, m, q),
+                      Contains("'w.weight' has shape [5, 7], expected [7, 5]"));
+  }
+}
+
+TEST_CASE(
+    "quantization_config: DeepSeek-V3's is read, and what the loader does not know is refused",
+    "[loaders][fp8]") {
+  const std::string text = mla::read_text_file(kFp8Case + ".config.json");
+  const nlohmann::json base = nlohmann::json::parse(text);
+  const mla::MlaConfig c = mla::MlaConfig::from_json(base, "v3");
+  REQUIRE(c.quantization);
+  CHECK(c.quantization->block_rows == 128);
+  CHECK(c.quantization->block_cols == 128);
+  CHECK(c.quantization->activation_scheme == "dynamic");
+  const auto refused = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = base;
+    edit(j["quantization_config"]);
+    try {
+      mla::MlaConfig::from_json(j, "cfg");
+    } catch (const mla::InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  CHECK_THAT(refused([](auto& q) { q["quant_method"] = "awq"; }), Contains("quant_method 'awq'"));
+  CHECK_THAT(refused([](auto& q) { q.erase("quant_method"); }),
+             Contains("'quant_method' is missing"));
+  CHECK_THAT(refused([](auto& q) { q["fmt"] = "e5m2"; }), Contains("fmt 'e5m2'"));
+  CHECK_THAT(refused([](auto& q) { q["activation_scheme"] = "weird"; }),
+             Contains("activation_scheme 'weird'"));
+  CHECK_THAT(refused([](auto& q) { q.erase("weight_block_size"); }),
+             Contains("'weight_block_size' is missing"));
+  CHECK_THAT(refused([](auto& q) { q["weight_block_size"] = {128}; }),
+             Contains("two positive integers"));
+  CHECK_THAT(refused([](auto& q) {
+               q["weight_block_size"] = {0, 128};
+             }),
+             Contains("weight_block_size[0] = 0"));
+  CHECK_THAT(refused([](auto& q) {
+               q["weight_block_size"] = {128, 1.5};
+             }),
+             Contains("weight_block_size[1] = 1.5"));
+  CHECK_THAT(refused([](auto& q) { q = "fp8"; }),
+             Contains("'quantization_config' is not an object"));
+}
+
+TEST_CASE("the FP8 golden case: real FP8 weights, and a loader ignoring the scales would miss it",
+          "[loaders][fp8]") {
+  const mla::Checkpoint ck = mla::Checkpoint::open(kFp8Case + ".safetensors");
+  const std::string p = "model.layers.0.self_attn.";
+  for (const char* n : {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}) {
+    INFO(n);
+    CHECK(ck.info(p + n + ".weight").dtype == DType::F8_E4M3);
+    CHECK(ck.contains(p + n + ".weight_scale_inv"));
+  }
+  CHECK(ck.info(p + "q_a_layernorm.weight").dtype == DType::BF16);
+  // Dequantized with its scales the layer matches DeepSeek's reference on both paths ...
+  const auto c = mla::ch06::load_golden_case(kFp8Case + ".config.json", kFp8Case + ".safetensors");
+  for (const auto& r : mla::ch06::verify_case(c, mla::ch06::builtin_paths(), 1e-4)) {
+    INFO(r.path << " " << r.phase << ": " << r.cmp.describe());
+    CHECK(r.pass);
+  }
+  // ... and o_proj's blocks really differ by orders of magnitude: codes alone are not the weight.
+  const std::vector<float> s = ck.load(p + "o_proj.weight_scale_inv");
+  const auto [lo, hi] = std::minmax_element(s.begin(), s.end());
+  CHECK(*hi / *lo > 100.0f);
+}
+
+TEST_CASE("FP8 weights in a sharded checkpoint: a scale in another shard than its weight",
+          "[loaders][fp8]") {
+  const auto single = mla::SafeTensors::open(kFp8Case + ".safetensors");
+  mla::test::TempDir dir;
+  // Every weight in one shard, every scale and test tensor in the other.
+  std::vector<TensorData> part[2];
+  nlohmann::json map = nlohmann::json::object();
+  const std::string shard[2] = {"model-00001-of-00002.safetensors",
+                                "model-00002-of-00002.safetensors"};
+  for (const std::string& n : single.names()) {
+    const int k = n.size() > 6 && n.compare(n.size() - 7, 7, ".weight") == 0 ? 0 : 1;
+    std::vector<float> values(single.info(n).numel());
+    single.load_into(n, values.data());  // FP8: the codes' values, which re-encode exactly
+    part[k].push_back({n, single.info(n).dtype, single.info(n).shape, values});
+    map[n] = shard[k];
+  }
+  for (int k = 0; k < 2; ++k) mla::write_safetensors(dir / shard[k], part[k]);
+  std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"weight_map", map}}.dump();
+  const auto c = mla::ch06::load_golden_case(kFp8Case + ".config.json", dir.path.string());
+  for (const auto& r : mla::ch06::verify_case(c, mla::ch06::builtin_paths(), 1e-4)) {
+    INFO(r.path << " " << r.phase << ": " << r.cmp.describe());
+    CHECK(r.pass);
   }
 }

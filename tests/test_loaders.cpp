@@ -27,6 +27,8 @@
 #include "mla/safetensors.hpp"
 #include "mla/safetensors_writer.hpp"
 
+#include "support.hpp"
+
 using Catch::Contains;
 namespace fs = std::filesystem;
 
@@ -36,22 +38,7 @@ const std::string kGolden = std::string(MLA_TEST_DATA_DIR) + "/golden/";
 const std::string kV2 = kGolden + "mla_v2lite_tiny";
 const std::string kV3 = kGolden + "mla_v3_yarn_tiny";
 
-/// A fresh empty folder under the system temp dir, removed when the object goes away.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("mla_test_loaders_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using mla::test::TempDir;
 
 std::vector<std::uint8_t> read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

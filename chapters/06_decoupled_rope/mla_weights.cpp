@@ -103,7 +103,7 @@ MlaWeights load_mla_weights(const Checkpoint& ckpt, const MlaConfig& cfg, std::s
   for_each_weight(w, cfg,
                   with_prefix(layer_prefix(layer),
                               [&](const std::string& n, auto& t, const WeightShape& shape) {
-                                ckpt.load_into(n, shape, t);
+                                ckpt.load_weight(n, shape, t, cfg.quantization);
                               }));
   for_each_weight(std::as_const(w), cfg,
                   with_prefix(layer_prefix(layer),

@@ -1,6 +1,7 @@
 // Sharded checkpoints: the index file validated, its shards opened, one lookup over all of them.
 #include "mla/checkpoint.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -158,6 +159,85 @@ Vec Checkpoint::load_vector(const std::string& name, std::size_t n) const {
 }
 Tensor3 Checkpoint::load_tensor3(const std::string& name) const {
   return file_of(name).load_tensor3(name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights as models compute with them: block-quantized FP8 dequantized with its scales
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string scale_name_of(const std::string& name) {
+  return name + "_scale_inv";
+}
+
+std::size_t ceil_div(std::size_t a, std::size_t b) {
+  return (a + b - 1) / b;
+}
+
+}  // namespace
+
+void Checkpoint::check_weight(const std::string& name, const std::vector<std::size_t>& shape,
+                              const std::optional<Fp8Quantization>& quant) const {
+  const TensorInfo& t = file_of(name).expect(name, shape);
+  const std::string scale = scale_name_of(name);
+  if (!is_fp8(t.dtype)) {
+    if (contains(scale))
+      throw InputError(fmt::format(
+          "{}: tensor {} has dtype {}, not FP8, but the checkpoint has a scale {} for it (only "
+          "a block-quantized F8_E4M3 weight has one)",
+          origin_, quote_name(name), t.dtype_name, quote_name(scale)));
+    return;
+  }
+  if (!quant)
+    throw InputError(fmt::format(
+        "{}: tensor {} is {} (block-quantized), but the config has no quantization_config (its "
+        "weight_block_size says how the scales tile the weight)",
+        origin_, quote_name(name), t.dtype_name));
+  if (shape.size() != 2)
+    throw InputError(
+        fmt::format("{}: tensor {} is {} with shape {}: only a 2-d Linear weight can "
+                    "be block-quantized",
+                    origin_, quote_name(name), t.dtype_name, shape_str(shape)));
+  if (!contains(scale))
+    throw InputError(fmt::format("{}: FP8 weight {} has no scale {} (one per {}x{} block)", origin_,
+                                 quote_name(name), quote_name(scale), quant->block_rows,
+                                 quant->block_cols));
+  const TensorInfo& s = info(scale);
+  if (s.dtype != DType::F32)
+    throw InputError(fmt::format("{}: scale {} has dtype {}, expected F32", origin_,
+                                 quote_name(scale), s.dtype_name));
+  const std::vector<std::size_t> want = {ceil_div(shape[0], quant->block_rows),
+                                         ceil_div(shape[1], quant->block_cols)};
+  if (s.shape != want)
+    throw InputError(
+        fmt::format("{}: scale {} has shape {}, expected {} (one per {}x{} block of {}'s {})",
+                    origin_, quote_name(scale), shape_str(s.shape), shape_str(want),
+                    quant->block_rows, quant->block_cols, quote_name(name), shape_str(shape)));
+}
+
+void Checkpoint::load_weight_into(const std::string& name, const std::vector<std::size_t>& shape,
+                                  float* out, const std::optional<Fp8Quantization>& quant) const {
+  check_weight(name, shape, quant);
+  file_of(name).load_into(name, out);  // FP8: the codes' values, before their scales
+  if (!is_fp8(info(name).dtype)) return;
+  const std::string scale = scale_name_of(name);
+  const std::vector<float> s = load(scale);
+  const std::size_t rows = shape[0], cols = shape[1];
+  const std::size_t br = quant->block_rows, bc = quant->block_cols, nbc = ceil_div(cols, bc);
+  for (std::size_t k = 0; k < s.size(); ++k) {
+    if (!(std::isfinite(s[k]) && s[k] > 0))
+      throw InputError(fmt::format(
+          "{}: scale {} holds {} for block ({}, {}); scales must be finite and positive", origin_,
+          quote_name(scale), s[k], k / nbc, k % nbc));
+  }
+  // Row i, column j belongs to block (i / br, j / bc): each row applies its block row's scales
+  // to runs of bc columns (the last run partial).
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* srow = s.data() + (i / br) * nbc;
+    float* w = out + i * cols;
+    for (std::size_t j = 0; j < cols; ++j) w[j] *= srow[j / bc];
+  }
 }
 
 }  // namespace mla

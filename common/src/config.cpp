@@ -106,6 +106,57 @@ void check_yarn(const YarnScaling& y, const std::string& origin) {
     throw InputError(fmt::format("{}: field 'mscale_all_dim' must not be negative", o));
 }
 
+/// quantization_config: only what DeepSeek's release uses is known; anything else is refused by
+/// name rather than loaded as something it is not.
+Fp8Quantization read_quantization(const nlohmann::json& q, const std::string& origin) {
+  const std::string o = origin + ": quantization_config";
+  if (!q.is_object())
+    throw InputError(fmt::format("{}: field 'quantization_config' is not an object", origin));
+  reject_structured(q, "quant_method", o, "a string");
+  const auto method = json_optional<std::string>(q, "quant_method", o);
+  if (!method) throw InputError(fmt::format("{}: field 'quant_method' is missing", o));
+  const auto shown = [](const std::string& t) {
+    return t.size() > 40 ? t.substr(0, 40) + "..." : t;
+  };
+  if (*method != "fp8")
+    throw InputError(fmt::format(
+        "{}: quant_method '{}' is not one this loader knows (only 'fp8': block-scaled e4m3 "
+        "weights, as DeepSeek-V3 ships them)",
+        o, shown(*method)));
+  reject_structured(q, "fmt", o, "a string");
+  if (const auto f = json_optional<std::string>(q, "fmt", o); f && *f != "e4m3")
+    throw InputError(
+        fmt::format("{}: fmt '{}' is not one this loader knows (only 'e4m3')", o, shown(*f)));
+  Fp8Quantization r;
+  reject_structured(q, "activation_scheme", o, "a string");
+  if (const auto a = json_optional<std::string>(q, "activation_scheme", o)) {
+    if (*a != "dynamic" && *a != "static")
+      throw InputError(fmt::format(
+          "{}: activation_scheme '{}' is not one this loader knows ('dynamic' or 'static')", o,
+          shown(*a)));
+    r.activation_scheme = *a;
+  }
+  const auto bs = q.find("weight_block_size");
+  if (bs == q.end() || bs->is_null())
+    throw InputError(fmt::format(
+        "{}: field 'weight_block_size' is missing (the [rows, cols] of one scale's block)", o));
+  if (!bs->is_array() || bs->size() != 2)
+    throw InputError(
+        fmt::format("{}: field 'weight_block_size' must be an array of two positive integers", o));
+  std::size_t sizes[2];
+  for (std::size_t i = 0; i < 2; ++i) {
+    const nlohmann::json& v = (*bs)[i];
+    if (!v.is_number_integer() || v.get<long long>() < 1 || v.get<long long>() > (1 << 20))
+      throw InputError(fmt::format(
+          "{}: weight_block_size[{}] = {} must be a positive integer (at most 1048576)", o, i,
+          v.is_structured() ? std::string(v.is_array() ? "an array" : "an object") : v.dump()));
+    sizes[i] = std::size_t(v.get<long long>());
+  }
+  r.block_rows = sizes[0];
+  r.block_cols = sizes[1];
+  return r;
+}
+
 }  // namespace
 
 void check_mla_config(const MlaConfig& c, const std::string& origin) {
@@ -138,6 +189,10 @@ void check_mla_config(const MlaConfig& c, const std::string& origin) {
   // Checked whenever the block is there, active or not (a config is one whole, and the same
   // file with a longer max_position_embeddings would turn it on).
   if (c.yarn) check_yarn(*c.yarn, origin);
+  if (c.quantization && (c.quantization->block_rows == 0 || c.quantization->block_cols == 0))
+    throw InputError(
+        fmt::format("{}: quantization_config: weight_block_size must be positive (got [{}, {}])",
+                    origin, c.quantization->block_rows, c.quantization->block_cols));
 }
 
 MlaConfig MlaConfig::from_json(const nlohmann::json& j, const std::string& origin) {
@@ -188,6 +243,8 @@ MlaConfig MlaConfig::from_json(const nlohmann::json& j, const std::string& origi
       throw InputError(fmt::format("{}: type '{}' is not supported (only 'yarn')", o, shown));
     }
   }
+  if (auto q = j.find("quantization_config"); q != j.end() && !q->is_null())
+    c.quantization = read_quantization(*q, origin);
   check_mla_config(c, origin);
   return c;
 }

@@ -52,26 +52,46 @@ float e5m2_to_float(std::uint8_t code) {
   return fp8_value(code, 5, 2);
 }
 
+namespace {
+
+// Round |a| (finite, >= 0) to the nearest number with `man_bits` mantissa bits whose exponent is
+// at least `min_exp` (below it the spacing stays 2^(min_exp - man_bits): the subnormals), ties to
+// even, and return its magnitude code (exponent field << man_bits | mantissa), which may be one
+// past the largest finite code when rounding carries out of the top binade.
+// The spacing of such numbers around a is 2^(floor(log2 a) - man_bits); a / spacing is exact (a
+// power-of-two scaling), and nearbyint rounds it to the nearest integer, ties to even, in the
+// default rounding mode: that is round-to-nearest-even on the 8-bit grid, also where rounding
+// carries into the next binade.
+unsigned fp8_magnitude(float a, int man_bits, int min_exp) {
+  int e2 = 0;
+  std::frexp(a, &e2);  // a = f · 2^e2, f in [0.5, 1): floor(log2 a) = e2 - 1
+  const int exponent = std::max(e2 - 1, min_exp);
+  a = std::ldexp(std::nearbyint(std::ldexp(a, man_bits - exponent)), exponent - man_bits);
+  if (a == 0.0f) return 0;
+  if (a < std::ldexp(1.0f, min_exp))  // subnormal: m · 2^(min_exp - man_bits)
+    return unsigned(std::ldexp(a, man_bits - min_exp));
+  std::frexp(a, &e2);
+  const int e = e2 - 1;
+  const unsigned m = unsigned(std::ldexp(a, man_bits - e)) - (1u << man_bits);
+  return (unsigned(e - min_exp + 1) << man_bits) | m;
+}
+
+}  // namespace
+
 std::uint8_t float_to_e4m3(float x) {
   if (std::isnan(x)) return 0x7F;
   const std::uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
-  float a = std::fabs(x);
-  if (a >= kE4m3Max) return sign | 0x7E;  // saturate (see the header)
-  // The spacing of e4m3 numbers around a: 2^(floor(log2 a) - 3) in the normal range (3 mantissa
-  // bits), 2^-9 below 2^-6 (the subnormals). a / spacing is exact (a power-of-two scaling), and
-  // nearbyint rounds it to the nearest integer, ties to even, in the default rounding mode: that
-  // is round-to-nearest-even on the e4m3 grid, also where rounding carries into the next binade.
-  int e2 = 0;
-  std::frexp(a, &e2);  // a = f · 2^e2, f in [0.5, 1): floor(log2 a) = e2 - 1
-  const int exponent = std::max(e2 - 1, -6);
-  const float steps = std::nearbyint(std::ldexp(a, 3 - exponent));
-  a = std::ldexp(steps, exponent - 3);  // the rounded value, exactly representable in e4m3
-  if (a == 0.0f) return sign;
-  if (a < 0x1p-6f) return sign | std::uint8_t(std::ldexp(a, 9));  // subnormal: m · 2^-9
-  std::frexp(a, &e2);
-  const int e = e2 - 1;                         // -6 .. 8
-  const int m = int(std::ldexp(a, 3 - e)) - 8;  // 0 .. 7
-  return sign | std::uint8_t(((e + 7) << 3) | m);
+  const float a = std::fabs(x);
+  if (a >= kE4m3Max) return sign | 0x7E;                // saturate (see the header)
+  return sign | std::uint8_t(fp8_magnitude(a, 3, -6));  // below 448: never past 0x7E
+}
+
+std::uint8_t float_to_e5m2(float x) {
+  if (std::isnan(x)) return 0x7E;
+  const std::uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  const float a = std::fabs(x);
+  if (a >= 61440.0f) return sign | 0x7C;  // 57344 + half a step (4096) and beyond: infinity
+  return sign | std::uint8_t(fp8_magnitude(a, 2, -14));
 }
 
 }  // namespace mla

@@ -54,7 +54,8 @@ struct SafeTensors::Impl {
   void require_loadable(const TensorInfo& t) const {
     if (t.dtype == DType::Other)
       throw InputError(
-          fmt::format("{}: tensor {} has dtype {}; only F32, F16 and BF16 can be loaded as float",
+          fmt::format("{}: tensor {} has dtype {}; only F32, F16, BF16, F8_E4M3 and F8_E5M2 can be "
+                      "loaded as float",
                       origin, quote_name(t.name), t.dtype_name));
   }
 };

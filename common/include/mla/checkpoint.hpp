@@ -5,11 +5,13 @@
 
 #include <cstddef>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "mla/config.hpp"
 #include "mla/safetensors.hpp"
 
 namespace mla {
@@ -70,6 +72,30 @@ class Checkpoint {
   void load_into(const std::string& name, const std::vector<std::size_t>& shape, T& out) const {
     file_of(name).load_into(name, shape, out);
   }
+  /// A weight as a model computes with it: `name` must have shape `shape`; `out` (an xtensor of
+  /// that rank) is resized to it and filled with float values.
+  ///
+  /// F32, F16 and BF16 tensors are converted as they are. A block-quantized FP8 weight (F8_E4M3
+  /// or F8_E5M2, 2-d, `quant` given) is dequantized with its companion `name + "_scale_inv"`
+  /// (F32, one entry per quant->block_rows × quant->block_cols block, blocks at the bottom and
+  /// right edges partial): `W[i][j] = fp8(W)[i][j] · scale_inv[i / block_rows][j / block_cols]`
+  /// (multiplied, despite the name; DeepSeek-V3 `inference/kernel.py` weight_dequant), exactly,
+  /// in float. The scale may be in another shard. InputError, naming the tensor: an FP8 weight
+  /// without its scale or without a quantization_config, a scale of the wrong dtype or shape, a
+  /// scale that is not finite and positive, a scale beside a weight that is not FP8.
+  template <class T>
+  void load_weight(const std::string& name, const std::vector<std::size_t>& shape, T& out,
+                   const std::optional<Fp8Quantization>& quant) const {
+    check_weight(name, shape, quant);
+    out.resize(shape);
+    load_weight_into(name, shape, out.data(), quant);
+  }
+  /// load_weight into `out`, which holds the product of `shape` floats.
+  void load_weight_into(const std::string& name, const std::vector<std::size_t>& shape, float* out,
+                        const std::optional<Fp8Quantization>& quant) const;
+  /// Every check of load_weight, before anything is allocated or read.
+  void check_weight(const std::string& name, const std::vector<std::size_t>& shape,
+                    const std::optional<Fp8Quantization>& quant) const;
   /// The open file holding `name`.
   const SafeTensors& file_of(const std::string& name) const;
   /// How many files the checkpoint spans (1 for a single file).

@@ -25,6 +25,19 @@ struct YarnScaling {
       mscale_all_dim = 0;  ///< Hugging Face's factor; unused (DeepSeek's configs: = mscale)
 };
 
+/// `quantization_config` of a block-quantized FP8 checkpoint, as DeepSeek-V3's release writes it:
+/// `{"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme":
+/// "dynamic"}`. Each Linear weight `X.weight` is stored as F8_E4M3 with a companion
+/// `X.weight_scale_inv` (F32, [ceil(out/block_rows), ceil(in/block_cols)]); the real weight is
+/// the code's value times its block's entry (Checkpoint::load_weight). The activation scheme is
+/// how DeepSeek's own FP8 GEMMs quantize activations at run time; this project computes in
+/// float, so it is read, checked for kind, and otherwise not used.
+struct Fp8Quantization {
+  std::size_t block_rows = 128;               ///< weight_block_size[0]: output rows per block
+  std::size_t block_cols = 128;               ///< weight_block_size[1]: input columns per block
+  std::string activation_scheme = "dynamic";  ///< "dynamic" or "static" (not used here)
+};
+
 /// The attention fields of a DeepSeek-V2/V3 config.json.
 struct MlaConfig {
   std::size_t hidden_size = 0;          ///< d_model
@@ -44,6 +57,8 @@ struct MlaConfig {
   double rope_theta = 10000.0;             ///< > 1
   double rms_norm_eps = 1e-6;              ///< > 0
   std::optional<YarnScaling> yarn;         ///< rope_scaling of type "yarn"
+  /// quantization_config: the checkpoint's Linear weights are block-scaled FP8.
+  std::optional<Fp8Quantization> quantization;
 
   /// Per-head width of queries and keys: qk_nope_head_dim + qk_rope_head_dim.
   std::size_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

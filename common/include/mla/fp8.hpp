@@ -40,6 +40,11 @@ float e5m2_to_float(std::uint8_t code);
 /// scale every value into range first, so they never meet the difference). NaN gives 0x7F.
 std::uint8_t float_to_e4m3(float x);
 
+/// The e5m2 code nearest to x, ties to even, IEEE-like: beyond the largest finite value
+/// (57344) by half a step or more it is ±inf; NaN gives 0x7E. (Only the test writer encodes
+/// e5m2: DeepSeek ships e4m3.)
+std::uint8_t float_to_e5m2(float x);
+
 /// A 256-entry decode table (code -> float) for loops that decode many values: `table[code]`.
 const float* e4m3_table();
 
