@@ -2,17 +2,20 @@
 // the real config.json files in data/configs.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 
 #include <xtensor/xview.hpp>
 
 #include "01_attention/attention.hpp"
 #include "03_multi_head/cache_calculator.hpp"
 #include "03_multi_head/multi_head.hpp"
+#include "03_multi_head/toy_heads.hpp"
 #include "mla/compare.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
@@ -138,6 +141,92 @@ TEST_CASE("cached decode equals full recompute, for MHA, GQA and MQA", "[ch03]")
     CHECK(dec.cached_tokens() == T);
     CHECK(dec.cache_floats() == 2 * n_kv * 8 * T);
   }
+}
+
+namespace {
+
+// The token query i attends to most in one head's (T, T) weights (the first, on a tie).
+std::size_t strongest(const Mat& P, std::size_t i) {
+  std::size_t best = 0;
+  for (std::size_t j = 1; j < P.shape(1); ++j) best = P(i, j) > P(i, best) ? j : best;
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("attention_weights_per_head gives the weights mha_forward uses", "[ch03]") {
+  // out = concat_h(P_h · v_g(h)) · W_oᵀ, rebuilt from the returned weights, for MHA and GQA.
+  for (std::size_t n_kv : {4u, 2u}) {
+    Rng rng(40 + n_kv);
+    const std::size_t d = 16, dh = 8, T = 9;
+    const MhaWeights w = random_mha(d, 4, n_kv, dh, rng);
+    const Mat x = rng.normal(T, d);
+    const std::vector<Mat> P = attention_weights_per_head(x, w);
+    REQUIRE(P.size() == 4);
+    const Mat v = linear(x, w.W_v);
+    Mat heads = xt::empty<float>({T, 4 * dh});
+    for (std::size_t h = 0; h < 4; ++h) {
+      REQUIRE(P[h].shape(0) == T);
+      REQUIRE(P[h].shape(1) == T);
+      const Mat o = matmul(P[h], columns(v, (h / w.group_size()) * dh, dh));
+      for (std::size_t t = 0; t < T; ++t) std::copy_n(&o(t, 0), dh, &heads(t, h * dh));
+    }
+    INFO("n_kv " << n_kv);
+    CHECK(allclose(linear(heads, w.W_o), mha_forward(x, w), 1e-5, 1e-4));
+  }
+}
+
+TEST_CASE("the two toy heads look at different things on chapter 1's sentence", "[ch03]") {
+  // What chapters/03_multi_head/README.md says of the heatmaps (docs/figures/ch03_heads.svg).
+  const std::vector<std::string> tok = ch01::tokenize(ch01::kSentence);
+  REQUIRE(tok.size() == 9);  // The American flag is red , white , and
+  const std::size_t The = 0, American = 1, flag = 2, is = 3, red = 4, comma1 = 5, white = 6,
+                    comma2 = 7, and_ = 8;
+  const std::vector<Mat> P = attention_weights_per_head(ch01::toy_embeddings(tok), toy_heads());
+  REQUIRE(P.size() == 2);
+  REQUIRE(toy_head_names().size() == 2);
+  const Mat& noun = P[0];
+  const Mat& list = P[1];
+  for (const Mat& p : P) {
+    for (std::size_t i = 0; i < tok.size(); ++i) {
+      double sum = 0;
+      for (std::size_t j = 0; j < tok.size(); ++j) {
+        sum += p(i, j);
+        if (j > i) CHECK(p(i, j) == 0.0f);  // causal
+      }
+      CHECK(sum == Approx(1.0).margin(1e-5));
+    }
+  }
+  // "flag": the noun head looks at its adjective, the list head at its article; chapter 1's one
+  // head blended the two.
+  CHECK(strongest(noun, flag) == American);
+  CHECK(noun(flag, American) > 0.9f);
+  CHECK(strongest(list, flag) == The);
+  CHECK(list(flag, The) > 0.9f);
+  // "American" looks at "The" in the noun head; in the list head it finds nothing: even weights.
+  CHECK(strongest(noun, American) == The);
+  CHECK(list(American, The) == Approx(0.5f).margin(1e-6));
+  CHECK(list(American, American) == Approx(0.5f).margin(1e-6));
+  // Every word after "flag" looks at "flag" in the noun head.
+  for (std::size_t i : {is, red, comma1, white, comma2, and_}) {
+    INFO("token " << i << " " << tok[i]);
+    CHECK(strongest(noun, i) == flag);
+    CHECK(noun(i, flag) > 0.7f);
+  }
+  // "is" finds nothing in the list head: a quarter on each of the four tokens it sees.
+  for (std::size_t j = 0; j <= is; ++j) CHECK(list(is, j) == Approx(0.25f).margin(1e-6));
+  // In the list head a colour, a comma and "and" look at the colours so far, not at "flag".
+  CHECK(strongest(list, red) == red);
+  CHECK(strongest(list, comma1) == red);
+  for (std::size_t i : {white, comma2, and_}) {
+    INFO("token " << i << " " << tok[i]);
+    CHECK(list(i, red) == Approx(list(i, white)).margin(1e-6));
+    CHECK(list(i, red) + list(i, white) > 0.8f);
+    CHECK(list(i, flag) < 0.05f);
+  }
+  // So "and" looks at "flag" in one head and at the colours in the other.
+  CHECK(strongest(noun, and_) == flag);
+  CHECK(strongest(list, and_) != flag);
 }
 
 TEST_CASE("DeepSeek-V3 caches 70,272 bytes per token, 56.9x less than MHA", "[ch03]") {

@@ -1,5 +1,6 @@
 // ch03_multi_head: heads, and what they cost in cache. MHA, GQA and MQA on one toy layer, then
 // the KV cache per token of real models, read from their config.json files.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include "01_attention/attention.hpp"
 #include "03_multi_head/cache_calculator.hpp"
 #include "03_multi_head/multi_head.hpp"
+#include "03_multi_head/toy_heads.hpp"
 #include "mla/cli.hpp"
 #include "mla/compare.hpp"
 #include "mla/program.hpp"
@@ -28,6 +30,65 @@ std::string g(double v) {
 }
 std::string pct(double v) {
   return mla::fixed(100.0 * v, 1) + "%";
+}
+
+// Part 0: two hand-made heads on chapter 1's sentence look at different things. Prints where
+// each token looks most in each head and writes each head's (T, T) weights as
+// results/ch03_head<h>_weights.csv (the heatmaps of docs/plots/ch03_heads.gp).
+void toy_heads_part() {
+  namespace ch01 = mla::ch01;
+  const std::vector<std::string> tokens = ch01::tokenize(ch01::kSentence);
+  const MhaWeights w = toy_heads();
+  const mla::Mat x = ch01::toy_embeddings(tokens);                   // (T, 7)
+  const std::vector<mla::Mat> P = attention_weights_per_head(x, w);  // n_h x (T, T)
+  const auto& heads = toy_head_names();
+  const std::size_t T = tokens.size();
+  std::cout << "Two hand-made heads on chapter 1's sentence \"" << ch01::kSentence
+            << "\" (its toy features, d_h " << w.head_dim << "):\nwhere each token looks most, per "
+            << "head (weight)\n";
+  std::vector<std::string> header = {"", "token"};
+  for (const auto& name : heads) header.push_back(name + " head");
+  mla::Table table(header);
+  for (std::size_t i = 0; i < T; ++i) {
+    std::vector<std::string> row = {std::to_string(i), tokens[i]};
+    for (std::size_t h = 0; h < P.size(); ++h) {
+      float top = 0.0f;
+      for (std::size_t j = 0; j <= i; ++j) top = std::max(top, P[h](i, j));
+      std::string names;  // every token that shares the largest weight
+      std::size_t ties = 0;
+      for (std::size_t j = 0; j <= i; ++j) {
+        if (P[h](i, j) < top - 1e-4f) continue;
+        names += (ties++ ? "+" : "") + tokens[j];
+      }
+      // Equal weights on all it sees: the head found nothing to look for in this token's row.
+      const std::string w = mla::fixed(top, 2);
+      row.push_back(i > 0 && ties == i + 1 ? "(evenly, " + w + " each)"
+                                           : names + " " + w + (ties > 1 ? " each" : ""));
+    }
+    table.add(row);
+  }
+  table.print(std::cout);
+  // CSV cells cannot hold a bare ",": name that token, as chapter 1's CSV does.
+  auto label = [&](std::size_t t) {
+    return std::to_string(t) + ":" + (tokens[t] == "," ? std::string("comma") : tokens[t]);
+  };
+  std::string paths;
+  for (std::size_t h = 0; h < P.size(); ++h) {
+    std::vector<std::string> csv_header = {"query"};
+    for (std::size_t j = 0; j < T; ++j) csv_header.push_back(label(j));
+    mla::Table csv(csv_header);
+    for (std::size_t i = 0; i < T; ++i) {
+      std::vector<std::string> row = {label(i)};
+      for (std::size_t j = 0; j < T; ++j) row.push_back(mla::num(P[h](i, j), 6));
+      csv.add(row);
+    }
+    const std::string path = mla::results_dir() + "/ch03_head" + std::to_string(h) + "_weights.csv";
+    csv.write_csv(path);
+    paths += (h ? ", " : "") + path;
+  }
+  std::cout << "One head blends what it finds into one average; two heads keep \"the noun\" and "
+               "\"the list\" apart.\nEach head's weights written to "
+            << paths << "\n\n";
 }
 
 // Part 1: one layer, three kinds of head sharing, cached decode checked against full recompute.
@@ -216,6 +277,7 @@ int main(int argc, char** argv) {
         "the toy layer (--d-model " + std::to_string(d_model) + " --heads " +
             std::to_string(heads) + " --head-dim " + std::to_string(head_dim) + " --tokens " +
             std::to_string(tokens) + ")");
+    toy_heads_part();
     const bool ok = toy_layer(d_model, heads, groups, head_dim, tokens, seed);
 
     // Part 2: the calculator.

@@ -71,6 +71,25 @@ Mat mha_forward(const Mat& x, const MhaWeights& w) {
 #endif
 }
 
+std::vector<Mat> attention_weights_per_head(const Mat& x, const MhaWeights& w) {
+  check_shape(w);
+  if (x.shape(1) != w.d_model()) {
+    throw std::invalid_argument("attention_weights_per_head: x has " + std::to_string(x.shape(1)) +
+                                " columns, the layer's d_model is " + std::to_string(w.d_model()));
+  }
+  // x (T, d_model) -> q (T, n_h·d_h), k (T, n_kv·d_h) -> per head (T, d_h) slices -> P_h (T, T)
+  const std::size_t dh = w.head_dim;
+  const Mat q = linear(x, w.W_q), k = linear(x, w.W_k);
+  std::vector<Mat> P;
+  P.reserve(w.n_heads);
+  for (std::size_t h = 0; h < w.n_heads; ++h) {
+    const std::size_t g = h / w.group_size();  // the key head query head h reads, as mha_forward
+    P.push_back(ch01::attention_weights(columns(q, h * dh, dh), columns(k, g * dh, dh),
+                                        ch01::Masking::causal));
+  }
+  return P;
+}
+
 MhaDecoder::MhaDecoder(const MhaWeights& w) : w_(w), cache_(1, w.n_kv_heads * w.head_dim) {
   check_shape(w_);
 }

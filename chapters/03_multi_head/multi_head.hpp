@@ -48,6 +48,13 @@ MhaWeights random_mha(std::size_t d_model, std::size_t n_heads, std::size_t n_kv
 /// @return  (T, d_model) = concat_h(attention(q_h, k_g(h), v_g(h))) · W_oᵀ
 Mat mha_forward(const Mat& x, const MhaWeights& w);
 
+/// The causal attention weights of every query head, the matrices mha_forward multiplies the
+/// values by: what each head looks at.
+/// @param x (T, d_model)
+/// @return  n_heads matrices (T, T); entry (i, j) of matrix h is the weight query head h of
+///          token i gives token j (each row sums to 1, zero above the diagonal)
+std::vector<Mat> attention_weights_per_head(const Mat& x, const MhaWeights& w);
+
 /// Cached decoding: the keys and values of every past token are kept (n_kv_heads·head_dim numbers
 /// each, per token), so a new token costs one projection and one pass over the cache.
 /// Holds its own copy of the weights.

@@ -53,7 +53,10 @@ std::vector<float> yarn_frequencies(std::size_t d_rope, double theta, const Yarn
 double yarn_mscale(double factor, double mscale);
 
 /// True if the config's YaRN takes effect: `rope_scaling` is yarn and max_position_embeddings
-/// exceeds original_max_position_embeddings (DeepSeek's reference applies it only then).
+/// exceeds its original_max_position_embeddings. DeepSeek's reference (inference/model.py) tests
+/// `max_seq_len > original_seq_len`, where `max_seq_len` is the length it serves; this project
+/// has no serving length of its own and uses max_position_embeddings in its place (see
+/// MlaConfig::max_position_embeddings).
 bool yarn_active(const MlaConfig& cfg);
 
 /// The softmax scale of an MLA layer: `(qk_nope_head_dim + qk_rope_head_dim)^-0.5 · m²`, with m

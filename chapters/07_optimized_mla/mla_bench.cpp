@@ -108,9 +108,15 @@ std::map<int, MachinePeak> measure_peaks(const std::vector<int>& thread_counts, 
   return peaks;
 }
 
+// Above 100% of the DRAM bandwidth the data came from a cache: marked "*", said under the table.
+bool above_bandwidth(const KernelResult& r) {
+  return r.timed && !r.compute_bound && r.pct_peak > 100.0;
+}
+
 std::string pct(const KernelResult& r) {
   if (!r.timed) return "-";
-  return fixed(r.pct_peak, 1) + (r.compute_bound ? "% FMA" : "% BW");
+  return fixed(r.pct_peak, 1) + (r.compute_bound ? "% FMA" : "% BW") +
+         (above_bandwidth(r) ? "*" : "");
 }
 
 void print_table(const std::vector<KernelResult>& rs, std::ostream& os) {
@@ -124,6 +130,9 @@ void print_table(const std::vector<KernelResult>& rs, std::ostream& os) {
            num(r.gbps, 4), pct(r), r.speedup_v1 > 0 ? num(r.speedup_v1, 3) : "-"});
   }
   t.print(os);
+  if (std::any_of(rs.begin(), rs.end(), above_bandwidth)) {
+    os << "* above 100%: the data fit in a cache (L2/L3), so the DRAM bandwidth is not the limit\n";
+  }
 }
 
 const KernelResult* by_name(const std::vector<KernelResult>& rs, const std::string& n) {
