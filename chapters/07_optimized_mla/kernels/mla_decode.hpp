@@ -8,6 +8,8 @@
 ///     out[b,h,:] = Σ_t p_t · C[t, :d_c]
 ///
 /// All heads of a sequence read the same cache: that is what the faster versions exploit.
+/// What v2..v6 share with the MHA baseline (dot_simd, the online softmax, the log-sum-exp
+/// combine, the chunking of the cache) is in flash_decoding.hpp.
 #pragma once
 
 #include <cstddef>
@@ -38,10 +40,6 @@ struct SeqRef {
   const LatentCache* cache = nullptr;  ///< the sequence's cache, not owned
   std::size_t length = 0;              ///< T: tokens attended to, the first `length` of the cache
 };
-
-/// x · y over n floats (any alignment) with xsimd and four accumulators, so four FMAs are in flight
-/// at once: v2's score loop, and the MHA kernel's too.
-float dot_simd(const float* x, const float* y, std::size_t n);
 
 /// v1: the scalar reference. cache: (B, T, d_c + d_r) rows [c_kv | k_rope], row-major.
 void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a);
