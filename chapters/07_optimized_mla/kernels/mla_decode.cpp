@@ -907,4 +907,8 @@ bool bf16_dot_products_available() {
   return cpu_has_dpbf16();
 }
 
+KernelSimd kernel_simd() {
+  return {xsimd::default_arch::name(), W, kNarrowGroup, kWideGroup};
+}
+
 }  // namespace mla::ch07

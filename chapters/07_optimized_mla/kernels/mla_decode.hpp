@@ -65,6 +65,18 @@ void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 /// shifts (the portable path). The head-blocked path (8 heads or more) always widens.
 bool bf16_dot_products_available();
 
+/// The instruction set the kernels were compiled for (fixed at compile time: -march=native, or
+/// the presets sse42, avx2, avx512) and what it makes of the head-blocked path.
+struct KernelSimd {
+  const char* arch;          ///< xsimd's name of it: "sse4.2", "fma3+avx2", "avx512bw", …
+  std::size_t floats;        ///< floats per SIMD vector: 4 (SSE), 8 (AVX2), 16 (AVX-512)
+  std::size_t narrow_group;  ///< heads per group of v4..v6's micro-kernels (16; 8 with SSE)
+  std::size_t wide_group;    ///< heads per group where they fill it without padding (32: AVX-512)
+};
+
+/// The SIMD build of this chapter's kernels (tests and CI say which width they ran).
+KernelSimd kernel_simd();
+
 /// @}
 
 }  // namespace mla::ch07
