@@ -70,6 +70,26 @@ const std::vector<MlaProblem>& shapes() {
 
 }  // namespace
 
+TEST_CASE("the kernels are built for the SIMD width this build targets, with its head groups",
+          "[ch07]") {
+  // CI builds every width (.ci/simd_builds.sh: presets sse42, avx2, avx512); this says which one
+  // ran, and that the head-blocked path chose the groups meant for it.
+  const KernelSimd k = kernel_simd();
+  INFO("kernels: " << k.arch << ", " << k.floats << " floats per vector, head groups of "
+                   << k.narrow_group << " and " << k.wide_group);
+#if defined(__AVX512F__)
+  CHECK(k.floats == 16);
+#elif defined(__AVX__)
+  CHECK(k.floats == 8);
+#else
+  CHECK(k.floats == 4);  // SSE: the 8-head groups below
+#endif
+  // 16 heads per group (DeepSeek-V2-Lite's heads, no padding), but 8 with SSE's 4 lanes (16 would
+  // need 17 of its 16 registers); 32 where two 16-lane vectors hold them.
+  CHECK(k.narrow_group == (k.floats >= 8 ? 16 : 8));
+  CHECK(k.wide_group == (k.floats == 16 ? 32 : k.narrow_group));
+}
+
 TEST_CASE("every MLA decode version equals v1 on odd and DeepSeek shapes, 1 and 2 threads",
           "[ch07]") {
   for (const MlaProblem& p : shapes()) {

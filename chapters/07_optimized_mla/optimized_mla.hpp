@@ -4,7 +4,7 @@
 ///
 /// The kernels themselves live in kernels/ (one file per family, each opening with a menu of
 /// its numbered versions): mla_decode (v1..v6), mha_decode (the baseline), mla_blas (the peer),
-/// roofline (this machine's ceilings).
+/// roofline (this machine's ceilings); flash_decoding holds what mla_decode and mha_decode share.
 #pragma once
 
 #include <cstddef>

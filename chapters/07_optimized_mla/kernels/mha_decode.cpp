@@ -10,15 +10,14 @@
 //           the step is bound by DRAM read bandwidth, and v2's job is to run at it.
 
 #include "07_optimized_mla/kernels/mha_decode.hpp"
-#include "07_optimized_mla/kernels/mla_decode.hpp"
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <stdexcept>
 #include <string>
 
+#include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "mla/parallel.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch07 {
@@ -26,7 +25,6 @@ namespace mla::ch07 {
 namespace {
 using V = xsimd::batch<float>;
 constexpr std::size_t W = V::size;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::size_t kTile = 64;  // tokens per online-softmax step
 
 void check(const MhaCache* caches, const MhaArgs& a) {
@@ -107,34 +105,26 @@ void mha_decode_v1(const MhaCache* caches, const MhaArgs& a) {
 // ============================================================================================
 // version 2: SIMD, fused, threaded
 // ============================================================================================
+// The flash-decoding pieces (dot_simd, the online-softmax step, the log-sum-exp combine, the
+// chunking) are the MLA kernels', from flash_decoding.hpp.
 
 namespace {
 
-// One (sequence, head, token range): partial softmax m, l and unnormalized output o (d_v).
-void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_begin,
-                std::size_t t_end, std::size_t d_k, std::size_t d_v, float scale, float* o,
-                float& m_out, float& l_out) {
+// One (sequence, head, token range): the partial softmax of q against K and V's rows.
+// q: (d_k); K: (n, d_k), V: (n, d_v) the range's rows; o: (d_v) the unnormalized output.
+void head_chunk(const float* q, RowView<const float> K, RowView<const float> Vh, float scale,
+                float* o, OnlineSoftmax& sm) {
   alignas(64) float s[kTile];
-  float m = kNegInf, l = 0.0f;
+  const std::size_t d_k = K.cols(), d_v = Vh.cols();
   std::fill(o, o + d_v, 0.0f);
-  for (std::size_t t0 = t_begin; t0 < t_end; t0 += kTile) {
-    const std::size_t nt = std::min(kTile, t_end - t0);
+  for (std::size_t t0 = 0; t0 < K.rows(); t0 += kTile) {
+    const std::size_t nt = std::min(kTile, K.rows() - t0);
     float tmax = kNegInf;
     for (std::size_t t = 0; t < nt; ++t) {
-      s[t] = scale * dot_simd(q, K + (t0 + t) * d_k, d_k);
+      s[t] = scale * dot_simd(q, K.row(t0 + t), d_k);
       tmax = std::max(tmax, s[t]);
     }
-    for (std::size_t t = nt; t < kTile; ++t) s[t] = kNegInf;
-    const float m_new = std::max(m, tmax);
-    const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
-    V vsum(0.0f);
-    for (std::size_t t = 0; t < kTile; t += W) {
-      const V e = xsimd::exp(V::load_aligned(s + t) - V(m_new));
-      e.store_aligned(s + t);
-      vsum += e;
-    }
-    l = l * alpha + xsimd::hadd(vsum);
-    m = m_new;
+    const float alpha = sm.step(s, nt, kTile, tmax);
     // o = alpha·o + Σ_t p_t·v_t, two tokens per sweep over o.
     const V va(alpha);
     std::size_t j = 0;
@@ -142,8 +132,8 @@ void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_b
     for (; j < d_v; ++j) o[j] *= alpha;
     std::size_t t = 0;
     for (; t + 2 <= nt; t += 2) {
-      const float* v0 = Vh + (t0 + t) * d_v;
-      const float* v1 = v0 + d_v;
+      const float* v0 = Vh.row(t0 + t);
+      const float* v1 = Vh.row(t0 + t + 1);
       const V p0(s[t]), p1(s[t + 1]);
       for (j = 0; j + W <= d_v; j += W) {
         V acc = V::load_unaligned(o + j);
@@ -154,12 +144,10 @@ void head_chunk(const float* q, const float* K, const float* Vh, std::size_t t_b
       for (; j < d_v; ++j) o[j] += s[t] * v0[j] + s[t + 1] * v1[j];
     }
     for (; t < nt; ++t) {
-      const float* v0 = Vh + (t0 + t) * d_v;
+      const float* v0 = Vh.row(t0 + t);
       for (j = 0; j < d_v; ++j) o[j] += s[t] * v0[j];
     }
   }
-  m_out = m;
-  l_out = l;
 }
 
 }  // namespace
@@ -168,36 +156,32 @@ void mha_decode_v2(const MhaCache* caches, const MhaArgs& a) {
   check(caches, a);
   const std::size_t B = a.batch, H = a.heads;
   const int threads = std::max(a.threads, 1);
-  // Chunks per (sequence, head): one unless there are fewer heads than threads to share.
-  const std::size_t pairs = B * H;
-  std::size_t chunks =
-      pairs >= static_cast<std::size_t>(threads) ? 1 : (2 * threads + pairs - 1) / pairs;
+  // Chunks per (sequence, head), so that every thread gets the same share of the work.
+  const std::size_t pairs = B * H, chunks = kv_chunks(pairs, threads);
   const std::size_t part = a.d_v + 2;  // o (d_v), m, l
   std::vector<float> parts(pairs * chunks * part);
   mla::parallel_for(static_cast<long>(pairs * chunks), threads, [&](long i) {
     const std::size_t pair = static_cast<std::size_t>(i) / chunks,
                       c = static_cast<std::size_t>(i) % chunks;
     const std::size_t b = pair / H, h = pair % H, T = caches[b].size();
+    const std::size_t t0 = chunk_begin(T, c, chunks), n = chunk_begin(T, c + 1, chunks) - t0;
+    const RowView<const float> K(caches[b].k(h), T, a.d_k), Vh(caches[b].v(h), T, a.d_v);
     float* p = parts.data() + static_cast<std::size_t>(i) * part;
-    head_chunk(a.q + (b * H + h) * a.d_k, caches[b].k(h), caches[b].v(h), T * c / chunks,
-               T * (c + 1) / chunks, a.d_k, a.d_v, a.scale, p, p[a.d_v], p[a.d_v + 1]);
+    OnlineSoftmax sm;
+    head_chunk(a.q + (b * H + h) * a.d_k, K.rows_range(t0, n), Vh.rows_range(t0, n), a.scale, p,
+               sm);
+    p[a.d_v] = sm.m;
+    p[a.d_v + 1] = sm.l;
   });
   // Log-sum-exp combine of the chunks of each (sequence, head).
   for (std::size_t pair = 0; pair < pairs; ++pair) {
-    float* out = a.out + pair * a.d_v;
-    std::fill(out, out + a.d_v, 0.0f);
-    float M = kNegInf;
-    for (std::size_t c = 0; c < chunks; ++c)
-      M = std::max(M, parts[(pair * chunks + c) * part + a.d_v]);
-    if (M == kNegInf) continue;
-    float L = 0.0f;
-    for (std::size_t c = 0; c < chunks; ++c) {
-      const float* p = parts.data() + (pair * chunks + c) * part;
-      const float w = std::exp(p[a.d_v] - M);
-      L += w * p[a.d_v + 1];
-      for (std::size_t j = 0; j < a.d_v; ++j) out[j] += w * p[j];
-    }
-    for (std::size_t j = 0; j < a.d_v; ++j) out[j] /= L;
+    combine_partials(
+        chunks,
+        [&](std::size_t c) {
+          const float* p = parts.data() + (pair * chunks + c) * part;
+          return Partial{p, p[a.d_v], p[a.d_v + 1]};
+        },
+        a.d_v, a.out + pair * a.d_v);
   }
 }
 

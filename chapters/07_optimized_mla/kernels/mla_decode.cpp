@@ -1,6 +1,8 @@
 // The absorbed MLA decode step, one layer, in versions of increasing complexity and decreasing
 // running time. Every version is checked against version 1 (tests, ch07_optimized_mla, mla_bench)
-// before it is timed.
+// before it is timed. Each version's section below holds what that version adds over the one
+// before it; what the fused versions share with the MHA baseline (SIMD dot product, online
+// softmax, log-sum-exp combine, chunking) is in flash_decoding.hpp.
 //
 // version 1 is the scalar reference: for each (sequence, head): every score, a softmax, then the
 //           weighted sum of the latents. Three passes over the cache per head, one float at a time.
@@ -23,14 +25,16 @@
 // version 6 is v5 on a bf16 cache: half the bytes per cached number, every sum still in float.
 //           It pays where the step is memory-bound (few heads, long contexts). Where the CPU has
 //           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.
+//
+// v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
+// versions of the three places where the element type matters (a tile's view, a widened row, a
+// widened tile) and of the per-head scores, in its own section.
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
-#include "mla/exercise.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -43,7 +47,9 @@
 #endif
 
 #include "07_optimized_mla/kernels/bf16.hpp"
+#include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "mla/parallel.hpp"
+#include "mla/rows.hpp"
 #include "mla/tensor.hpp"
 
 namespace mla::ch07 {
@@ -51,12 +57,17 @@ namespace mla::ch07 {
 namespace {
 
 using V = xsimd::batch<float>;
-constexpr std::size_t W = V::size;  // floats per SIMD register: 8 (AVX2) or 16 (AVX-512)
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr std::size_t W = V::size;  // floats per SIMD register: 4 (SSE), 8 (AVX2), 16 (AVX-512)
 using AlignedVec = std::vector<float, xsimd::aligned_allocator<float, 64>>;
+constexpr std::size_t kTile = LatentCache::kTileTokens;
 
 std::size_t round_up(std::size_t n, std::size_t m) {
   return (n + m - 1) / m * m;
+}
+
+// Per-thread scratch buffers grow to the largest size asked and stay (no allocation per step).
+void grow(AlignedVec& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
 }
 
 void check_args(const DecodeArgs& a) {
@@ -80,23 +91,23 @@ void check_seqs(const SeqRef* seqs, const DecodeArgs& a, CacheType type) {
   }
 }
 
+}  // namespace
+
 // ============================================================================================
 // version 1: the scalar reference
 // ============================================================================================
-
-}  // namespace
 
 void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a) {
   check_args(a);
   const std::size_t H = a.heads, d_c = a.d_c, d_r = a.d_r, D = d_c + d_r;
   std::vector<float> p(T);  // scores, then probabilities, of one (sequence, head)
   for (std::size_t b = 0; b < a.batch; ++b) {
-    const float* C = cache + b * T * D;  // (T, D) this sequence's rows [c_kv | k_rope]
+    const RowView<const float> C(cache + b * T * D, T, D);  // (T, D) rows [c_kv | k_rope]
     for (std::size_t h = 0; h < H; ++h) {
       const float* ql = a.q_lat + (b * H + h) * d_c;   // (d_c)
       const float* qr = a.q_rope + (b * H + h) * d_r;  // (d_r)
       for (std::size_t t = 0; t < T; ++t) {
-        const float* row = C + t * D;
+        const float* row = C.row(t);
         float s = 0.0f;
         for (std::size_t k = 0; k < d_c; ++k) s += ql[k] * row[k];        // content
         for (std::size_t k = 0; k < d_r; ++k) s += qr[k] * row[d_c + k];  // position
@@ -106,7 +117,7 @@ void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a) {
       float* o = a.out + (b * H + h) * d_c;  // (d_c) = Σ_t p_t · c_t
       std::fill(o, o + d_c, 0.0f);
       for (std::size_t t = 0; t < T; ++t) {
-        const float* row = C + t * D;
+        const float* row = C.row(t);
         for (std::size_t j = 0; j < d_c; ++j) o[j] += p[t] * row[j];
       }
     }
@@ -116,64 +127,25 @@ void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a) {
 // ============================================================================================
 // version 2: SIMD dot products and weighted sums
 // ============================================================================================
-
-// x · y over n floats (any alignment): four accumulators, so four FMAs are in flight at once;
-// with one accumulator every FMA waits for the previous one (4 cycles of latency each).
-float dot_simd(const float* x, const float* y, std::size_t n) {
-#if MLA_EXERCISES
-  (void)x, (void)y, (void)n;
-  MLA_EXERCISE("7.1", "dot_simd() (the vectorized score loop of v2)",
-               "V = xsimd::batch<float> holds W floats: keep 4 accumulators, in steps of 4*W do "
-               "acc_i = xsimd::fma(V::load_unaligned(x + k + i*W), V::load_unaligned(y + k + i*W), "
-               "acc_i); then single vectors; xsimd::hadd(sum of accumulators); a scalar tail");
-#else
-  V acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
-  std::size_t k = 0;
-  for (; k + 4 * W <= n; k += 4 * W) {
-    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
-    acc1 = xsimd::fma(V::load_unaligned(x + k + W), V::load_unaligned(y + k + W), acc1);
-    acc2 = xsimd::fma(V::load_unaligned(x + k + 2 * W), V::load_unaligned(y + k + 2 * W), acc2);
-    acc3 = xsimd::fma(V::load_unaligned(x + k + 3 * W), V::load_unaligned(y + k + 3 * W), acc3);
-  }
-  for (; k + W <= n; k += W)
-    acc0 = xsimd::fma(V::load_unaligned(x + k), V::load_unaligned(y + k), acc0);
-  float s = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
-  for (; k < n; ++k) s += x[k] * y[k];  // scalar tail
-  return s;
-#endif
-}
-
-namespace {
-
-// y += alpha · x over n floats.
-void axpy_simd(float alpha, const float* x, float* y, std::size_t n) {
-  const V va(alpha);
-  std::size_t j = 0;
-  for (; j + W <= n; j += W) {
-    xsimd::fma(va, V::load_unaligned(x + j), V::load_unaligned(y + j)).store_unaligned(y + j);
-  }
-  for (; j < n; ++j) y[j] += alpha * x[j];
-}
-
-}  // namespace
+// v1's two inner loops become dot_simd (four accumulators) and axpy_simd, from
+// flash_decoding.hpp (exercise 7.1 is dot_simd).
 
 void mla_decode_v2(const float* cache, std::size_t T, const DecodeArgs& a) {
   check_args(a);
   const std::size_t H = a.heads, d_c = a.d_c, d_r = a.d_r, D = d_c + d_r;
   std::vector<float> p(T);
   for (std::size_t b = 0; b < a.batch; ++b) {
-    const float* C = cache + b * T * D;
+    const RowView<const float> C(cache + b * T * D, T, D);
     for (std::size_t h = 0; h < H; ++h) {
       const float* ql = a.q_lat + (b * H + h) * d_c;
       const float* qr = a.q_rope + (b * H + h) * d_r;
       for (std::size_t t = 0; t < T; ++t) {
-        const float* row = C + t * D;
-        p[t] = a.scale * (dot_simd(ql, row, d_c) + dot_simd(qr, row + d_c, d_r));
+        p[t] = a.scale * (dot_simd(ql, C.row(t), d_c) + dot_simd(qr, C.row(t) + d_c, d_r));
       }
       mla::softmax(p.data(), T);
       float* o = a.out + (b * H + h) * d_c;
       std::fill(o, o + d_c, 0.0f);
-      for (std::size_t t = 0; t < T; ++t) axpy_simd(p[t], C + t * D, o, d_c);
+      for (std::size_t t = 0; t < T; ++t) axpy_simd(p[t], C.row(t), o, d_c);
     }
   }
 }
@@ -184,18 +156,31 @@ void mla_decode_v2(const float* cache, std::size_t T, const DecodeArgs& a) {
 
 namespace {
 
-// What a cache number widens to, as a batch and as a scalar, for float and bf16 tiles.
+// Tiles of a sequence that attends to its first `length` tokens, and the tokens in tile i.
+std::size_t tiles_of(std::size_t length) {
+  return (length + kTile - 1) / kTile;
+}
+std::size_t tile_tokens(std::size_t length, std::size_t i) {
+  return std::min(kTile, length - i * kTile);
+}
+
+// Tile i of a cache, its first nt rows: (nt, stride) cache numbers. v6 adds the bf16 version.
+template <class Elem>
+RowView<const Elem> cache_tile(const LatentCache& c, std::size_t i, std::size_t nt);
+template <>
+RowView<const float> cache_tile<float>(const LatentCache& c, std::size_t i, std::size_t nt) {
+  return {c.tile_f32(i), nt, c.stride(), c.stride()};
+}
+
+// One SIMD vector of a tile's row as floats: an aligned load; v6 widens bf16 (defined there).
 inline V load_row(const float* p) {
   return V::load_aligned(p);
 }
-inline V load_row(const std::uint16_t* p) {
-  return load_bf16(p);
-}
+inline V load_row(const std::uint16_t* p);
 
-// The running softmax of one head: max m, sum l of exp(s - m), and acc = Σ exp(s_t - m)·c_t.
+// The running softmax of one head, and its accumulated output acc = Σ exp(s_t - m)·c_t.
 struct HeadState {
-  float m = kNegInf;
-  float l = 0.0f;
+  OnlineSoftmax sm;
   float* acc = nullptr;  // (lat_stride)
 };
 
@@ -208,18 +193,19 @@ void pack_query_row(const float* q_lat, const float* q_rope, const DecodeArgs& a
   for (std::size_t k = 0; k < a.d_r; ++k) q[lat_stride + k] = a.scale * q_rope[k];
 }
 
-// Scores of one head against one tile: s[t] = q · row t, t < nt; returns their maximum.
+// Scores of one head against one tile: s[t] = q · row t; returns their maximum.
 // tile: (nt, stride) of Elem; q: (stride), 64-byte aligned; s: (kTileTokens).
 template <class Elem>
-float tile_scores(const Elem* tile, std::size_t nt, std::size_t stride, const float* q, float* s) {
+float tile_scores(RowView<const Elem> tile, const float* q, float* s) {
   // Scores: four tokens at a time, two accumulators each. Eight independent FMA chains keep
   // both FMA units busy (one chain per token would wait 4 cycles per FMA), and each query
   // vector is loaded once for four rows. Rows and q are padded to whole vectors: no tails.
+  const std::size_t nt = tile.rows(), stride = tile.cols();
   float tile_max = kNegInf;
   std::size_t t = 0;
   for (; t + 4 <= nt; t += 4) {
-    const Elem* r0 = tile + t * stride;
-    const Elem *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    const Elem *r0 = tile.row(t), *r1 = tile.row(t + 1), *r2 = tile.row(t + 2),
+               *r3 = tile.row(t + 3);
     V a0(0.0f), a1(0.0f), a2(0.0f), a3(0.0f), b0(0.0f), b1(0.0f), b2(0.0f), b3(0.0f);
     std::size_t k = 0;
     for (; k + 2 * W <= stride; k += 2 * W) {
@@ -247,7 +233,7 @@ float tile_scores(const Elem* tile, std::size_t nt, std::size_t stride, const fl
     tile_max = std::max(tile_max, std::max(std::max(s[t], s[t + 1]), std::max(s[t + 2], s[t + 3])));
   }
   for (; t < nt; ++t) {
-    const Elem* row = tile + t * stride;
+    const Elem* row = tile.row(t);
     V a0(0.0f), a1(0.0f);
     std::size_t k = 0;
     for (; k + 2 * W <= stride; k += 2 * W) {
@@ -261,34 +247,21 @@ float tile_scores(const Elem* tile, std::size_t nt, std::size_t stride, const fl
   return tile_max;
 }
 
-// The online-softmax update of one head with one tile's scores s (nt) and their maximum:
-// p = exp(s - m_new), l = alpha·l + Σp, acc = alpha·acc + Σ_t p_t·c_t, alpha = exp(m_old - m_new).
+// The online-softmax update of one head with one tile's scores s (kTileTokens, the first nt
+// real) and their maximum: p = exp(s - m_new), then acc = alpha·acc + Σ_t p_t·c_t.
+// lat_rows: (nt, lat_stride) the latent part [c_kv | 0] of the tile's rows.
 template <class Elem>
-void tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size_t lat_stride,
-                 float* s, float tile_max, HeadState& st) {
-  constexpr std::size_t kTile = LatentCache::kTileTokens;
-  for (std::size_t t = nt; t < kTile; ++t) s[t] = kNegInf;  // exp(-inf) = 0: no tail loop below
-
-  // Online softmax: a new maximum rescales everything accumulated so far by exp(m_old - m_new).
-  const float m_new = std::max(st.m, tile_max);
-  const float alpha = st.m == kNegInf ? 0.0f : std::exp(st.m - m_new);
-  const V vm(m_new);
-  V vsum(0.0f);
-  for (std::size_t t = 0; t < kTile; t += W) {
-    const V e = xsimd::exp(V::load_aligned(s + t) - vm);
-    e.store_aligned(s + t);
-    vsum += e;
-  }
-  st.l = st.l * alpha + xsimd::hadd(vsum);
-  st.m = m_new;
+void tile_update(RowView<const Elem> lat_rows, float* s, float tile_max, HeadState& st) {
+  const std::size_t nt = lat_rows.rows(), lat_stride = lat_rows.cols();
+  const float alpha = st.sm.step(s, nt, kTile, tile_max);
 
   // acc = alpha·acc + Σ_t p_t·c_t, four tokens per sweep over acc (one load/store of acc per
   // four rows instead of per row).
   const V va(alpha);
   std::size_t t = 0;
   for (; t + 4 <= nt; t += 4) {
-    const Elem* r0 = tile + t * stride;
-    const Elem *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    const Elem *r0 = lat_rows.row(t), *r1 = lat_rows.row(t + 1), *r2 = lat_rows.row(t + 2),
+               *r3 = lat_rows.row(t + 3);
     const V p0(s[t]), p1(s[t + 1]), p2(s[t + 2]), p3(s[t + 3]);
     for (std::size_t j = 0; j < lat_stride; j += W) {
       V o = V::load_aligned(st.acc + j);
@@ -305,7 +278,7 @@ void tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size
       (V::load_aligned(st.acc + j) * va).store_aligned(st.acc + j);
   }
   for (; t < nt; ++t) {
-    const Elem* r = tile + t * stride;
+    const Elem* r = lat_rows.row(t);
     const V p(s[t]);
     for (std::size_t j = 0; j < lat_stride; j += W) {
       xsimd::fma(p, load_row(r + j), V::load_aligned(st.acc + j)).store_aligned(st.acc + j);
@@ -313,82 +286,12 @@ void tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size
   }
 }
 
-// One tile for one head: scores, then the online-softmax update of `st`.
+// One tile (nt, stride) for one head: scores, then the online-softmax update of `st`.
 template <class Elem>
-void head_tile_update(const Elem* tile, std::size_t nt, std::size_t stride, std::size_t lat_stride,
-                      const float* q, float* s, HeadState& st) {
-  const float tile_max = tile_scores(tile, nt, stride, q, s);
-  tile_update(tile, nt, stride, lat_stride, s, tile_max, st);
-}
-
-// AVX512_BF16: vdpbf16ps multiplies 32 pairs of bf16 numbers and adds them into 16 floats in
-// one instruction, straight from the bf16 cache (no widening). Compiled through a target attribute
-// (so this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
-//
-// Both operands must be bf16, but only the cache may lose precision: the query stays exact by
-// being split into three bf16 numbers, q = q_hi + q_mid + q_lo (split_bf16 below: each part is
-// the bf16 rounding of what the parts before it left over; 3 × 8 significant bits hold a float's
-// 24). A score is then three vdpbf16ps per 32 cached numbers — one load of the row, three
-// independent accumulator chains — and equals v1's on the rounded cache up to the order of the
-// sums, like the widening path. q3: (3, stride) bf16, the three parts one after the other.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
-#define MLA_CH07_HAVE_DPBF16 1
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) float tile_scores_dpbf16(
-    const std::uint16_t* tile, std::size_t nt, std::size_t stride, const std::uint16_t* q3,
-    float* s) {
-  const std::uint16_t *q_hi = q3, *q_mid = q3 + stride, *q_lo = q3 + 2 * stride;
-  float tile_max = kNegInf;
-  for (std::size_t t = 0; t < nt; ++t) {
-    const std::uint16_t* row = tile + t * stride;
-    __m512 hi = _mm512_setzero_ps(), mid = _mm512_setzero_ps(), lo = _mm512_setzero_ps();
-    std::size_t k = 0;
-    for (; k + 32 <= stride; k += 32) {
-      const __m512bh r = (__m512bh)_mm512_loadu_si512(row + k);
-      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_loadu_si512(q_hi + k));
-      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_loadu_si512(q_mid + k));
-      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_loadu_si512(q_lo + k));
-    }
-    if (k < stride) {  // stride is a multiple of 16: one half-register left
-      const __mmask32 m = 0xFFFFu;
-      const __m512bh r = (__m512bh)_mm512_maskz_loadu_epi16(m, row + k);
-      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_hi + k));
-      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_mid + k));
-      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_lo + k));
-    }
-    // Small parts first, so the large one is added last (what rounding error there is stays
-    // at the size of the small parts).
-    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(lo, mid), hi));
-    s[t] = sum;
-    tile_max = std::max(tile_max, sum);
-  }
-  return tile_max;
-}
-#endif
-
-bool cpu_has_dpbf16() {
-#ifdef MLA_CH07_HAVE_DPBF16
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
-template <class Elem>
-const Elem* tile_ptr(const LatentCache& c, std::size_t i);
-template <>
-const float* tile_ptr<float>(const LatentCache& c, std::size_t i) {
-  return c.tile_f32(i);
-}
-template <>
-const std::uint16_t* tile_ptr<std::uint16_t>(const LatentCache& c, std::size_t i) {
-  return c.tile_bf16(i);
-}
-
-// Write out = acc / l (a head with no token gets zeros).
-void finish_head(const HeadState& st, std::size_t d_c, float* out) {
-  const float inv = st.l > 0.0f ? 1.0f / st.l : 0.0f;
-  for (std::size_t j = 0; j < d_c; ++j) out[j] = st.acc[j] * inv;
+void head_tile_update(RowView<const Elem> tile, std::size_t lat_stride, const float* q, float* s,
+                      HeadState& st) {
+  const float tile_max = tile_scores(tile, q, s);
+  tile_update(tile.cols_range(0, lat_stride), s, tile_max, st);
 }
 
 }  // namespace
@@ -398,7 +301,7 @@ void mla_decode_v3(const SeqRef* seqs, const DecodeArgs& a) {
   if (a.batch == 0) return;
   const LatentCache& c0 = *seqs[0].cache;
   const std::size_t lat = c0.lat_stride(), stride = c0.stride(), H = a.heads;
-  AlignedVec q(stride), s(LatentCache::kTileTokens), acc(lat);
+  AlignedVec q(stride), s(kTile), acc(lat);
   for (std::size_t b = 0; b < a.batch; ++b) {
     const LatentCache& cache = *seqs[b].cache;
     const std::size_t len = seqs[b].length;
@@ -408,12 +311,17 @@ void mla_decode_v3(const SeqRef* seqs, const DecodeArgs& a) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       HeadState st;
       st.acc = acc.data();
-      for (std::size_t i = 0; i * LatentCache::kTileTokens < len; ++i) {
-        const std::size_t nt =
-            std::min(LatentCache::kTileTokens, len - i * LatentCache::kTileTokens);
-        head_tile_update(cache.tile_f32(i), nt, stride, lat, q.data(), s.data(), st);
+      for (std::size_t i = 0; i < tiles_of(len); ++i) {
+        head_tile_update(cache_tile<float>(cache, i, tile_tokens(len, i)), lat, q.data(), s.data(),
+                         st);
       }
-      finish_head(st, a.d_c, a.out + (b * H + h) * a.d_c);
+      // One chunk: out = acc / l (zeros if the head saw no token).
+      combine_partials(
+          1,
+          [&](std::size_t) {
+            return Partial{st.acc, st.sm.m, st.sm.l};
+          },
+          a.d_c, a.out + (b * H + h) * a.d_c);
     }
   }
 }
@@ -442,8 +350,6 @@ static_assert(12 % kHeadVecs<kNarrowGroup> == 0 && 12 % kHeadVecs<kWideGroup> ==
 // Heads per block: 64 keeps the packed queries (576 × 64 floats = 144 KiB), the output
 // accumulators (512 × 64 = 128 KiB) and a tile (144 KiB) together in a 512 KiB L2 cache.
 constexpr std::size_t kMaxHeadBlock = 64;
-// Fewer heads than this take v5's per-head path (see decode_tiled).
-constexpr std::size_t kPerHeadBelow = 8;
 // Tokens per scores micro-kernel and latent columns per weighted-sum micro-kernel: 12
 // accumulators in all (6 × 2 vectors, or 12 × 1 for 16 heads with AVX-512), enough independent
 // FMA chains to cover an FMA's latency (4 cycles) on two FMA units, and within AVX2's 16
@@ -521,35 +427,65 @@ void pv_dispatch(std::size_t n, float* ot, std::size_t ldo, const float* p, std:
   }
 }
 
-// Per-thread scratch, reused across calls (no allocation per decode step once warm).
-struct Workspace {
-  AlignedVec qp;           // (stride, Hb) packed queries, heads in lanes
-  AlignedVec s;            // (kTileTokens, Hb) scores, then probabilities
-  AlignedVec ot;           // (lat_stride, Hb) output accumulators, transposed
-  AlignedVec m, l, alpha;  // (Hb) running max, running sum, this tile's rescale
-  AlignedVec ftile;        // (kTileTokens, stride) a bf16 tile widened to float
-  AlignedVec acc;          // per-head path: (heads, lat_stride)
-  AlignedVec q;            // per-head path: (heads, stride)
-  std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>>
-      q16;  // per-head path with vdpbf16ps: (heads, 3, stride) the query split in bf16 parts
+// How the heads of a sequence are cut into blocks: `count` equal blocks of at most
+// kMaxHeadBlock heads (`size` each, the last maybe fewer), padded to `lanes` = whole head groups
+// of kWideGroup heads where that adds no padding over kNarrowGroup (H = 128: blocks of
+// 64 = 2 × 32), else of kNarrowGroup.
+struct HeadBlocks {
+  std::size_t count, size, lanes;
+  bool wide;
 };
 
-Workspace& workspace() {
-  static thread_local Workspace ws;
-  return ws;
-}
-
-void grow(AlignedVec& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
+HeadBlocks head_blocks(std::size_t H) {
+  HeadBlocks hb;
+  hb.count = (H + kMaxHeadBlock - 1) / kMaxHeadBlock;
+  hb.size = (H + hb.count - 1) / hb.count;
+  hb.wide = round_up(hb.size, kWideGroup) == round_up(hb.size, kNarrowGroup);
+  hb.lanes = round_up(hb.size, hb.wide ? kWideGroup : kNarrowGroup);
+  return hb;
 }
 
 // A piece of work: heads [h0, h0 + nh) of sequence b (padded to hb lanes) against the cache
-// tiles [tile_begin, tile_end). Its result is a partial softmax: per head the max m, the sum l,
-// and the unnormalized output o (lat_stride), written to `part`.
+// tiles [tile_begin, tile_end). Its result is a partial softmax per head: the unnormalized
+// output o (lat_stride), the max m and the sum l, written to `part`. v4 has one item per
+// (sequence, head block), over all its tiles; v5 cuts them into chunks.
 struct Item {
   std::size_t b, h0, nh, hb, tile_begin, tile_end;
   float* part;  // (hb, lat_stride) o, then (hb) m, then (hb) l
 };
+
+std::size_t part_size(std::size_t hb, std::size_t lat_stride) {
+  return hb * lat_stride + 2 * hb;
+}
+
+// Head hh's partial result in an item's `part`.
+Partial partial_of(const Item& it, std::size_t hh, std::size_t lat_stride) {
+  const float* p = it.part;
+  return {p + hh * lat_stride, p[it.hb * lat_stride + hh], p[it.hb * lat_stride + it.hb + hh]};
+}
+
+// Per-thread scratch of a head block, reused across calls (no allocation per decode step once
+// warm). Hb = the block's lanes.
+struct BlockScratch {
+  AlignedVec qp;           // (stride, Hb) packed queries, heads in lanes
+  AlignedVec s;            // (kTileTokens, Hb) scores, then probabilities
+  AlignedVec ot;           // (lat_stride, Hb) output accumulators, transposed
+  AlignedVec m, l, alpha;  // (Hb) running max, running sum, this tile's rescale
+};
+
+BlockScratch& block_scratch() {
+  static thread_local BlockScratch ws;
+  return ws;
+}
+
+// Tile i of a cache (its first nt rows) as floats (nt, stride), what the micro-kernels read:
+// the tile itself for an fp32 cache; v6 widens a bf16 tile (defined there).
+template <class Elem>
+RowView<const float> float_tile(const LatentCache& c, std::size_t i, std::size_t nt);
+template <>
+RowView<const float> float_tile<float>(const LatentCache& c, std::size_t i, std::size_t nt) {
+  return cache_tile<float>(c, i, nt);
+}
 
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
 // (rows, G) panel, so every micro-kernel streams contiguous memory with a compile-time stride,
@@ -570,15 +506,14 @@ void pack_queries(const DecodeArgs& a, std::size_t b, std::size_t h0, std::size_
   }
 }
 
-// One head block against a range of tiles (v4's work, and each of v5's items), in groups of G.
+// One head block against a range of tiles (an Item), in groups of G heads.
 template <class Elem, std::size_t G>
 void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                     const Item& it) {
-  constexpr std::size_t kTile = LatentCache::kTileTokens;
   constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
   const std::size_t lat = cache.lat_stride(), stride = cache.stride(), hb = it.hb;
   const std::size_t groups = hb / G;
-  Workspace& ws = workspace();
+  BlockScratch& ws = block_scratch();
   grow(ws.qp, stride * hb);
   grow(ws.s, kTile * hb);
   grow(ws.ot, lat * hb);
@@ -595,24 +530,15 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
   const float* qp = ws.qp.data();
 
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    const std::size_t nt = std::min(kTile, length - i * kTile);
-    const float* tile;
-    if constexpr (std::is_same_v<Elem, float>) {
-      tile = cache.tile_f32(i);
-    } else {  // widen the bf16 tile once; both products below then read floats
-      grow(ws.ftile, kTile * stride);
-      const std::uint16_t* src = cache.tile_bf16(i);
-      for (std::size_t e = 0; e < nt * stride; e += W)
-        load_bf16(src + e).store_aligned(ws.ftile.data() + e);
-      tile = ws.ftile.data();
-    }
+    const std::size_t nt = tile_tokens(length, i);
+    const RowView<const float> tile = float_tile<Elem>(cache, i, nt);  // (nt, stride)
 
     // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): kTokGroup tokens × G heads at
     //    a time; those rows stay in L1 while the head groups stream their packed queries.
     for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
       const std::size_t n = std::min(kTok, nt - t0);
       for (std::size_t g = 0; g < groups; ++g) {
-        scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile + t0 * stride, stride, stride,
+        scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile.row(t0), stride, stride,
                                  S + (g * kTile + t0) * G, G);
       }
     }
@@ -624,7 +550,7 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
       for (std::size_t t = 0; t < nt; ++t) mt = xsimd::max(mt, V::load_aligned(Sh + t * G));
       const V m_old = V::load_aligned(M + h);
       const V m_new = xsimd::max(m_old, mt);
-      const V al = xsimd::select(m_old == V(kNegInf), V(0.0f), xsimd::exp(m_old - m_new));
+      const V al = rescale_factor(m_old, m_new);
       V sum(0.0f);
       for (std::size_t t = 0; t < nt; ++t) {
         const V e = xsimd::exp(V::load_aligned(Sh + t * G) - m_new);
@@ -641,8 +567,8 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
     for (std::size_t j0 = 0; j0 < lat; j0 += kCol) {
       const std::size_t n = std::min(kCol, lat - j0);
       for (std::size_t g = 0; g < groups; ++g) {
-        pv_dispatch<kCol, G>(n, Ot + (g * lat + j0) * G, G, S + g * kTile * G, G, tile + j0, stride,
-                             nt, alpha + g * G);
+        pv_dispatch<kCol, G>(n, Ot + (g * lat + j0) * G, G, S + g * kTile * G, G, tile.data() + j0,
+                             stride, nt, alpha + g * G);
       }
     }
   }
@@ -657,14 +583,84 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
   std::copy(L, L + hb, po + hb * lat + hb);
 }
 
-// The per-head path for few heads (below kPerHeadBelow): tiles outer, heads inner,
-// so each tile comes from memory once and from L1/L2 for the other heads.
+// An item of a head-blocked step, in the groups the blocking chose.
+template <class Elem>
+void run_blocked_item(const HeadBlocks& blocks, const LatentCache& cache, std::size_t length,
+                      const DecodeArgs& a, const Item& it) {
+  if (blocks.wide) {
+    run_head_block<Elem, kWideGroup>(cache, length, a, it);
+  } else {
+    run_head_block<Elem, kNarrowGroup>(cache, length, a, it);
+  }
+}
+
+}  // namespace
+
+void mla_decode_v4(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::F32);
+  if (a.batch == 0) return;
+  const std::size_t H = a.heads, lat = seqs[0].cache->lat_stride();
+  const HeadBlocks blocks = head_blocks(H);
+  static thread_local AlignedVec part;
+  grow(part, part_size(blocks.lanes, lat));
+  for (std::size_t b = 0; b < a.batch; ++b) {
+    for (std::size_t blk = 0; blk < blocks.count; ++blk) {
+      const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
+      const Item it{b, h0, nh, blocks.lanes, 0, tiles_of(seqs[b].length), part.data()};
+      run_blocked_item<float>(blocks, *seqs[b].cache, seqs[b].length, a, it);
+      // One chunk: out = o / l per head.
+      for (std::size_t hh = 0; hh < nh; ++hh) {
+        combine_partials(
+            1, [&](std::size_t) { return partial_of(it, hh, lat); }, a.d_c,
+            a.out + (b * H + h0 + hh) * a.d_c);
+      }
+    }
+  }
+}
+
+// ============================================================================================
+// version 5: split-KV across threads, log-sum-exp combine
+// ============================================================================================
+
+namespace {
+
+// Fewer heads than this take the per-head path (see decode_split).
+constexpr std::size_t kPerHeadBelow = 8;
+
+// Per-thread scratch of the per-head path.
+struct PerHeadScratch {
+  AlignedVec q;    // (heads, stride) packed queries
+  AlignedVec acc;  // (heads, lat_stride) accumulated outputs
+  AlignedVec s;    // (kTileTokens) one head's scores of one tile
+};
+
+PerHeadScratch& per_head_scratch() {
+  static thread_local PerHeadScratch ws;
+  return ws;
+}
+
+// How the per-head path scores one tile (nt, stride) for head hh of its item: v3's tile_scores
+// against the head's packed query (q: (nh, stride)). v6 adds a version for bf16 caches.
+template <class Elem>
+class PerHeadScores {
+ public:
+  PerHeadScores(const float* q, std::size_t /*nh*/, std::size_t stride) : q_(q), stride_(stride) {}
+  float operator()(RowView<const Elem> tile, std::size_t hh, float* s) const {
+    return tile_scores(tile, q_ + hh * stride_, s);
+  }
+
+ private:
+  const float* q_;
+  std::size_t stride_;
+};
+
+// The per-head path for few heads (below kPerHeadBelow): v3's per-head tiles, tiles outer and
+// heads inner, so each tile comes from memory once and from L1/L2 for the other heads.
 template <class Elem>
 void run_heads_per_tile(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it) {
-  constexpr std::size_t kTile = LatentCache::kTileTokens;
   const std::size_t lat = cache.lat_stride(), stride = cache.stride(), nh = it.nh;
-  Workspace& ws = workspace();
+  PerHeadScratch& ws = per_head_scratch();
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
   grow(ws.s, kTile);
@@ -676,53 +672,26 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
     st[hh].acc = ws.acc.data() + hh * lat;
     std::fill(st[hh].acc, st[hh].acc + lat, 0.0f);
   }
-  // A bf16 cache on a CPU with AVX512_BF16: scores with vdpbf16ps on the query split into three
-  // bf16 parts, q16: (nh, 3, stride).
-  bool dpbf16 = false;
-  if constexpr (std::is_same_v<Elem, std::uint16_t>) {
-    dpbf16 = cpu_has_dpbf16();
-    if (dpbf16) {
-      if (ws.q16.size() < nh * 3 * stride) ws.q16.resize(nh * 3 * stride);
-      for (std::size_t hh = 0; hh < nh; ++hh) {
-        std::uint16_t* q3 = ws.q16.data() + hh * 3 * stride;
-        for (std::size_t k = 0; k < stride; ++k) {
-          split_bf16(ws.q[hh * stride + k], q3[k], q3[stride + k], q3[2 * stride + k]);
-        }
-      }
-    }
-  }
+  const PerHeadScores<Elem> scores(ws.q.data(), nh, stride);
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    const std::size_t nt = std::min(kTile, length - i * kTile);
-    const Elem* tile = tile_ptr<Elem>(cache, i);
+    const RowView<const Elem> tile = cache_tile<Elem>(cache, i, tile_tokens(length, i));
     for (std::size_t hh = 0; hh < nh; ++hh) {
-#ifdef MLA_CH07_HAVE_DPBF16
-      if constexpr (std::is_same_v<Elem, std::uint16_t>) {
-        if (dpbf16) {
-          const float mx =
-              tile_scores_dpbf16(tile, nt, stride, ws.q16.data() + hh * 3 * stride, ws.s.data());
-          tile_update(tile, nt, stride, lat, ws.s.data(), mx, st[hh]);
-          continue;
-        }
-      }
-#endif
-      head_tile_update(tile, nt, stride, lat, ws.q.data() + hh * stride, ws.s.data(), st[hh]);
+      const float tile_max = scores(tile, hh, ws.s.data());
+      tile_update(tile.cols_range(0, lat), ws.s.data(), tile_max, st[hh]);
     }
   }
-  float* po = it.part;
+  float* po = it.part;  // the layout of partial_of
   for (std::size_t hh = 0; hh < nh; ++hh) {
     std::copy(st[hh].acc, st[hh].acc + lat, po + hh * lat);
-    po[it.hb * lat + hh] = st[hh].m;
-    po[it.hb * lat + it.hb + hh] = st[hh].l;
+    po[it.hb * lat + hh] = st[hh].sm.m;
+    po[it.hb * lat + it.hb + hh] = st[hh].sm.l;
   }
 }
 
-// Merge the partial softmaxes of the chunks of each (sequence, head):
-//   M = max_c m_c,  out = Σ_c e^(m_c − M)·o_c / Σ_c e^(m_c − M)·l_c
-// (the log-sum-exp trick: every chunk's numbers were computed relative to its own max).
+// Merge the partial softmaxes of the chunks of each (sequence, head) into a.out.
+// first_item[g] .. first_item[g+1]: the chunks of head group g (sequence b, heads h0..).
 void combine(const std::vector<Item>& items, const std::vector<std::size_t>& first_item,
              std::size_t lat, const DecodeArgs& a, int threads) {
-  const std::size_t B = a.batch, H = a.heads, d_c = a.d_c;
-  // first_item[g] .. first_item[g+1]: the chunks of head group g (sequence b, heads h0..).
   const std::size_t groups = first_item.size() - 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (std::size_t g = 0; g < groups; ++g) {
@@ -730,86 +699,57 @@ void combine(const std::vector<Item>& items, const std::vector<std::size_t>& fir
     if (i0 == i1) continue;
     const Item& head = items[i0];
     for (std::size_t hh = 0; hh < head.nh; ++hh) {
-      float* out = a.out + (head.b * H + head.h0 + hh) * d_c;
-      float M = kNegInf;
-      for (std::size_t i = i0; i < i1; ++i) M = std::max(M, items[i].part[head.hb * lat + hh]);
-      std::fill(out, out + d_c, 0.0f);
-      if (M == kNegInf) continue;  // no token at all: zeros
-      float Lsum = 0.0f;
-      for (std::size_t i = i0; i < i1; ++i) {
-        const float* p = items[i].part;
-        const float w = std::exp(p[head.hb * lat + hh] - M);
-        Lsum += w * p[head.hb * lat + head.hb + hh];
-        for (std::size_t j = 0; j < d_c; ++j) out[j] += w * p[hh * lat + j];
-      }
-      const float inv = 1.0f / Lsum;
-      for (std::size_t j = 0; j < d_c; ++j) out[j] *= inv;
+      combine_partials(
+          i1 - i0, [&](std::size_t c) { return partial_of(items[i0 + c], hh, lat); }, a.d_c,
+          a.out + (head.b * a.heads + head.h0 + hh) * a.d_c);
     }
   }
-  (void)B;
 }
 
-// The shared driver of v4, v5 and v6: cut the step into items, run them on `threads` threads,
-// combine. `split` allows more than one chunk per (sequence, head block).
+// The driver of v5 and v6: cut the step into items, run them on a.threads threads, combine.
 template <class Elem>
-void decode_tiled(const SeqRef* seqs, const DecodeArgs& a, int threads, bool split,
-                  bool per_head_for_few) {
-  constexpr std::size_t kTile = LatentCache::kTileTokens;
+void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   const std::size_t B = a.batch, H = a.heads;
   if (B == 0) return;
-  const LatentCache& c0 = *seqs[0].cache;
-  const std::size_t lat = c0.lat_stride();
-  threads = std::max(threads, 1);
+  const std::size_t lat = seqs[0].cache->lat_stride();
+  const int threads = std::max(a.threads, 1);
 
-  // Head blocks: equal blocks of at most kMaxHeadBlock heads, padded to whole head groups.
-  // Below kPerHeadBelow heads the per-head path (no padding) does the work instead: there a
-  // block would be mostly padding. Measured with AVX-512 (16 lanes), 2 threads, T = 16384, v5:
-  // 4 heads 2.6 ms per-head vs 3.5 blocked; 8 heads 4.2 vs 3.4; 12 heads 5.9 vs 3.7 — so the
-  // switch sits at 8 heads, half a vector there and one vector with AVX2.
-  const bool per_head = per_head_for_few && H < kPerHeadBelow;
-  const std::size_t n_blocks = per_head ? 1 : (H + kMaxHeadBlock - 1) / kMaxHeadBlock;
-  const std::size_t block = (H + n_blocks - 1) / n_blocks;
-  // Wide groups where they add no padding over narrow ones (H = 128: blocks of 64 = 2 × 32).
-  const bool wide = !per_head && round_up(block, kWideGroup) == round_up(block, kNarrowGroup);
-  const std::size_t hb = per_head ? H : round_up(block, wide ? kWideGroup : kNarrowGroup);
+  // Head blocks as v4 cuts them. Below kPerHeadBelow heads the per-head path (no padding) does
+  // the work instead: there a block would be mostly padding. Measured with AVX-512 (16 lanes),
+  // 2 threads, T = 16384, v5: 4 heads 2.6 ms per-head vs 3.5 blocked; 8 heads 4.2 vs 3.4;
+  // 12 heads 5.9 vs 3.7 — so the switch sits at 8 heads, half a vector there and one vector
+  // with AVX2.
+  const bool per_head = H < kPerHeadBelow;
+  const HeadBlocks blocks = per_head ? HeadBlocks{1, H, H, false} : head_blocks(H);
 
-  // Chunks of the cache per (sequence, head block): one if the blocks already give every thread
-  // the same amount of work, else enough to balance (2 per thread), never less than a tile each.
-  const std::size_t base = B * n_blocks;
-  std::size_t chunks = 1;
-  if (split && (base < static_cast<std::size_t>(threads) || base % threads != 0)) {
-    chunks = (2 * static_cast<std::size_t>(threads) + base - 1) / base;
-  }
-
-  const std::size_t part_size = hb * lat + 2 * hb;
+  // Chunks of the cache per (sequence, head block), never less than a tile each.
+  const std::size_t chunks = kv_chunks(B * blocks.count, threads);
   std::vector<Item> items;
   std::vector<std::size_t> first_item;
   for (std::size_t b = 0; b < B; ++b) {
-    const std::size_t n_tiles = (seqs[b].length + kTile - 1) / kTile;
+    const std::size_t n_tiles = tiles_of(seqs[b].length);
     const std::size_t nc = std::max<std::size_t>(1, std::min(chunks, n_tiles));
-    for (std::size_t blk = 0; blk < n_blocks; ++blk) {
+    for (std::size_t blk = 0; blk < blocks.count; ++blk) {
       first_item.push_back(items.size());
-      const std::size_t h0 = blk * block, nh = std::min(block, H - h0);
+      const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
       for (std::size_t c = 0; c < nc; ++c) {
-        items.push_back({b, h0, nh, hb, n_tiles * c / nc, n_tiles * (c + 1) / nc, nullptr});
+        items.push_back({b, h0, nh, blocks.lanes, chunk_begin(n_tiles, c, nc),
+                         chunk_begin(n_tiles, c + 1, nc), nullptr});
       }
     }
   }
   first_item.push_back(items.size());
   static thread_local AlignedVec parts;  // the caller's: shared by the threads below
-  grow(parts, items.size() * part_size);
-  for (std::size_t i = 0; i < items.size(); ++i) items[i].part = parts.data() + i * part_size;
+  const std::size_t psize = part_size(blocks.lanes, lat);
+  grow(parts, items.size() * psize);
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].part = parts.data() + i * psize;
 
   mla::parallel_for(static_cast<long>(items.size()), threads, [&](long i) {
     const Item& it = items[static_cast<std::size_t>(i)];
     if (per_head) {
       run_heads_per_tile<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
     } else {
-      if (wide) {
-        run_head_block<Elem, kWideGroup>(*seqs[it.b].cache, seqs[it.b].length, a, it);
-      } else {
-        run_head_block<Elem, kNarrowGroup>(*seqs[it.b].cache, seqs[it.b].length, a, it);
-      }
+      run_blocked_item<Elem>(blocks, *seqs[it.b].cache, seqs[it.b].length, a, it);
     }
   });
   combine(items, first_item, lat, a, threads);
@@ -817,27 +757,142 @@ void decode_tiled(const SeqRef* seqs, const DecodeArgs& a, int threads, bool spl
 
 }  // namespace
 
-void mla_decode_v4(const SeqRef* seqs, const DecodeArgs& a) {
-  check_seqs(seqs, a, CacheType::F32);
-  decode_tiled<float>(seqs, a, 1, false, false);
-}
-
-// ============================================================================================
-// version 5: split-KV across threads, log-sum-exp combine
-// ============================================================================================
-
 void mla_decode_v5(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::F32);
-  decode_tiled<float>(seqs, a, a.threads, true, true);
+  decode_split<float>(seqs, a);
 }
 
 // ============================================================================================
 // version 6: bf16 cache
 // ============================================================================================
 
+namespace {
+
+// The bf16 versions of v3's and v4's element-type hooks: a tile's view, a widened row (the
+// per-head path widens while it loads), a widened tile (the head-blocked path widens each tile
+// once; both micro-kernels then read floats).
+template <>
+RowView<const std::uint16_t> cache_tile<std::uint16_t>(const LatentCache& c, std::size_t i,
+                                                       std::size_t nt) {
+  return {c.tile_bf16(i), nt, c.stride(), c.stride()};
+}
+
+inline V load_row(const std::uint16_t* p) {
+  return load_bf16(p);
+}
+
+template <>
+RowView<const float> float_tile<std::uint16_t>(const LatentCache& c, std::size_t i,
+                                               std::size_t nt) {
+  static thread_local AlignedVec ftile;  // (kTileTokens, stride)
+  const std::size_t stride = c.stride();
+  grow(ftile, kTile * stride);
+  const std::uint16_t* src = c.tile_bf16(i);
+  for (std::size_t e = 0; e < nt * stride; e += W)
+    load_bf16(src + e).store_aligned(ftile.data() + e);
+  return {ftile.data(), nt, stride, stride};
+}
+
+// AVX512_BF16: vdpbf16ps multiplies 32 pairs of bf16 numbers and adds them into 16 floats in
+// one instruction, straight from the bf16 cache (no widening). Compiled through a target attribute
+// (so this compiler checks it on any x86-64), used only if the CPU reports avx512bf16 at run time.
+//
+// Both operands must be bf16, but only the cache may lose precision: the query stays exact by
+// being split into three bf16 numbers, q = q_hi + q_mid + q_lo (split_bf16 in bf16.hpp: each
+// part is the bf16 rounding of what the parts before it left over; 3 × 8 significant bits hold a
+// float's 24). A score is then three vdpbf16ps per 32 cached numbers — one load of the row, three
+// independent accumulator chains — and equals v1's on the rounded cache up to the order of the
+// sums, like the widening path. tile: (nt, stride) bf16; q3: (3, stride) bf16, the three parts
+// one after the other; s: (kTileTokens). Returns the scores' maximum.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define MLA_CH07_HAVE_DPBF16 1
+// GCC 12's _mm512_reduce_add_ps inlines _mm256_undefined_pd(), a deliberately uninitialized
+// value, and then reports "'__Y' may be used uninitialized" inside its own avx512fintrin.h
+// (GCC bug 105593, fixed in GCC 13): a false positive, silenced for this one function only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) float tile_scores_dpbf16(
+    RowView<const std::uint16_t> tile, const std::uint16_t* q3, float* s) {
+  const std::size_t nt = tile.rows(), stride = tile.cols();
+  const std::uint16_t *q_hi = q3, *q_mid = q3 + stride, *q_lo = q3 + 2 * stride;
+  float tile_max = kNegInf;
+  for (std::size_t t = 0; t < nt; ++t) {
+    const std::uint16_t* row = tile.row(t);
+    __m512 hi = _mm512_setzero_ps(), mid = _mm512_setzero_ps(), lo = _mm512_setzero_ps();
+    std::size_t k = 0;
+    for (; k + 32 <= stride; k += 32) {
+      const __m512bh r = (__m512bh)_mm512_loadu_si512(row + k);
+      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_loadu_si512(q_hi + k));
+      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_loadu_si512(q_mid + k));
+      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_loadu_si512(q_lo + k));
+    }
+    if (k < stride) {  // stride is a multiple of 16: one half-register left
+      const __mmask32 m = 0xFFFFu;
+      const __m512bh r = (__m512bh)_mm512_maskz_loadu_epi16(m, row + k);
+      hi = _mm512_dpbf16_ps(hi, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_hi + k));
+      mid = _mm512_dpbf16_ps(mid, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_mid + k));
+      lo = _mm512_dpbf16_ps(lo, r, (__m512bh)_mm512_maskz_loadu_epi16(m, q_lo + k));
+    }
+    // Small parts first, so the large one is added last (what rounding error there is stays
+    // at the size of the small parts).
+    const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(lo, mid), hi));
+    s[t] = sum;
+    tile_max = std::max(tile_max, sum);
+  }
+  return tile_max;
+}
+#pragma GCC diagnostic pop
+#endif
+
+bool cpu_has_dpbf16() {
+#ifdef MLA_CH07_HAVE_DPBF16
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// The per-head path's scores on a bf16 cache: vdpbf16ps on the query split into three bf16
+// parts where the CPU has AVX512_BF16, else v3's tile_scores (which widens while it loads).
+template <>
+class PerHeadScores<std::uint16_t> {
+ public:
+  // q: (nh, stride) the packed float queries of the item's heads.
+  PerHeadScores(const float* q, std::size_t nh, std::size_t stride)
+      : q_(q), stride_(stride), dpbf16_(cpu_has_dpbf16()) {
+    if (!dpbf16_) return;
+    // q16: (nh, 3, stride), per thread like the other per-head buffers.
+    static thread_local std::vector<std::uint16_t, xsimd::aligned_allocator<std::uint16_t, 64>> q16;
+    if (q16.size() < nh * 3 * stride) q16.resize(nh * 3 * stride);
+    for (std::size_t hh = 0; hh < nh; ++hh) {
+      std::uint16_t* q3 = q16.data() + hh * 3 * stride;
+      for (std::size_t k = 0; k < stride; ++k) {
+        split_bf16(q[hh * stride + k], q3[k], q3[stride + k], q3[2 * stride + k]);
+      }
+    }
+    q16_ = q16.data();
+  }
+  float operator()(RowView<const std::uint16_t> tile, std::size_t hh, float* s) const {
+#ifdef MLA_CH07_HAVE_DPBF16
+    if (dpbf16_) return tile_scores_dpbf16(tile, q16_ + hh * 3 * stride_, s);
+#endif
+    return tile_scores(tile, q_ + hh * stride_, s);
+  }
+
+ private:
+  const float* q_;
+  std::size_t stride_;
+  bool dpbf16_;
+  const std::uint16_t* q16_ = nullptr;
+};
+
+}  // namespace
+
 void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::BF16);
-  decode_tiled<std::uint16_t>(seqs, a, a.threads, true, true);
+  decode_split<std::uint16_t>(seqs, a);
 }
 
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
@@ -850,6 +905,10 @@ void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
 
 bool bf16_dot_products_available() {
   return cpu_has_dpbf16();
+}
+
+KernelSimd kernel_simd() {
+  return {xsimd::default_arch::name(), W, kNarrowGroup, kWideGroup};
 }
 
 }  // namespace mla::ch07

@@ -8,6 +8,8 @@
 ///     out[b,h,:] = Σ_t p_t · C[t, :d_c]
 ///
 /// All heads of a sequence read the same cache: that is what the faster versions exploit.
+/// What v2..v6 share with the MHA baseline (dot_simd, the online softmax, the log-sum-exp
+/// combine, the chunking of the cache) is in flash_decoding.hpp.
 #pragma once
 
 #include <cstddef>
@@ -39,10 +41,6 @@ struct SeqRef {
   std::size_t length = 0;              ///< T: tokens attended to, the first `length` of the cache
 };
 
-/// x · y over n floats (any alignment) with xsimd and four accumulators, so four FMAs are in flight
-/// at once: v2's score loop, and the MHA kernel's too.
-float dot_simd(const float* x, const float* y, std::size_t n);
-
 /// v1: the scalar reference. cache: (B, T, d_c + d_r) rows [c_kv | k_rope], row-major.
 void mla_decode_v1(const float* cache, std::size_t T, const DecodeArgs& a);
 /// v2: v1 with xsimd dot products (several accumulators) and SIMD weighted sums. Same cache.
@@ -66,6 +64,18 @@ void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 /// x86-64, and the CPU reports avx512bf16 at run time); otherwise it widens bf16 to float with
 /// shifts (the portable path). The head-blocked path (8 heads or more) always widens.
 bool bf16_dot_products_available();
+
+/// The instruction set the kernels were compiled for (fixed at compile time: -march=native, or
+/// the presets sse42, avx2, avx512) and what it makes of the head-blocked path.
+struct KernelSimd {
+  const char* arch;          ///< xsimd's name of it: "sse4.2", "fma3+avx2", "avx512bw", …
+  std::size_t floats;        ///< floats per SIMD vector: 4 (SSE), 8 (AVX2), 16 (AVX-512)
+  std::size_t narrow_group;  ///< heads per group of v4..v6's micro-kernels (16; 8 with SSE)
+  std::size_t wide_group;    ///< heads per group where they fill it without padding (32: AVX-512)
+};
+
+/// The SIMD build of this chapter's kernels (tests and CI say which width they ran).
+KernelSimd kernel_simd();
 
 /// @}
 
