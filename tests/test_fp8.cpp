@@ -500,3 +500,66 @@ TEST_CASE("FP8 weights in a sharded checkpoint: a scale in another shard than it
     CHECK(r.pass);
   }
 }
+
+#include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "07_optimized_mla/runner.hpp"
+
+TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 within its tolerance",
+          "[ch07][fp8]") {
+  using namespace mla::ch07;
+  std::mt19937 gen(11);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  struct Shape {
+    std::size_t B, H, T, d_c, d_r;
+  };
+  // Per-head path (H < 8) and head-blocked path, partial tiles and a partial scale tile (d_c 160).
+  for (const Shape sh : {Shape{2, 1, 150, 512, 64}, Shape{1, 4, 64, 160, 16},
+                         Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}}) {
+    const std::size_t D = sh.d_c + sh.d_r;
+    std::vector<float> rows(sh.B * sh.T * D), q_lat(sh.B * sh.H * sh.d_c),
+        q_rope(sh.B * sh.H * sh.d_r);
+    for (float& x : rows) x = n01(gen);
+    for (float& x : q_lat) x = n01(gen);
+    for (float& x : q_rope) x = n01(gen);
+    std::vector<LatentCache> caches;
+    caches.reserve(sh.B);
+    std::vector<SeqRef> seqs;
+    std::vector<float> dq(rows.size());  // what the FP8 cache holds, as floats
+    for (std::size_t b = 0; b < sh.B; ++b) {
+      caches.emplace_back(sh.d_c, sh.d_r, CacheType::FP8);
+      caches.back().append_rows(rows.data() + b * sh.T * D, sh.T);
+      for (std::size_t t = 0; t < sh.T; ++t)
+        for (std::size_t k = 0; k < D; ++k) dq[(b * sh.T + t) * D + k] = caches.back().at(t, k);
+    }
+    for (std::size_t b = 0; b < sh.B; ++b) seqs.push_back({&caches[b], sh.T});
+    DecodeArgs a;
+    a.batch = sh.B;
+    a.heads = sh.H;
+    a.d_c = sh.d_c;
+    a.d_r = sh.d_r;
+    a.q_lat = q_lat.data();
+    a.q_rope = q_rope.data();
+    a.scale = 1.0f / std::sqrt(float(128 + sh.d_r));
+    std::vector<float> ref_dq(sh.B * sh.H * sh.d_c), ref(ref_dq.size()), got(ref_dq.size());
+    a.out = ref_dq.data();
+    mla_decode_v1(dq.data(), sh.T, a);
+    a.out = ref.data();
+    mla_decode_v1(rows.data(), sh.T, a);
+    for (int threads : {1, 2}) {
+      INFO("B " << sh.B << ", H " << sh.H << ", T " << sh.T << ", d_c " << sh.d_c << ", threads "
+                << threads);
+      a.threads = threads;
+      a.out = got.data();
+      std::fill(got.begin(), got.end(), std::numeric_limits<float>::quiet_NaN());
+      mla_decode_v7(seqs.data(), a);
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        CHECK(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
+        CHECK(std::fabs(got[i] - ref[i]) <= kFp8Atol + kFp8Rtol * std::fabs(ref[i]));
+      }
+      std::fill(got.begin(), got.end(), 0.0f);
+      mla_decode_best(seqs.data(), a);  // picks v7 for an FP8 cache
+      for (std::size_t i = 0; i < got.size(); ++i)
+        CHECK(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
+    }
+  }
+}

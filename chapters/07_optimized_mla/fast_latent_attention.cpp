@@ -75,28 +75,29 @@ std::unique_ptr<ch06::LatentAttention> make_bf16_latent_attention(std::size_t he
   return std::make_unique<FastLatentAttention>(heads, d_c, d_r, CacheType::BF16, threads);
 }
 
-ch06::LatentAttentionFactory fast_latent_attention_factory(int threads) {
-  return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
-    return make_fast_latent_attention(heads, d_c, d_r, threads);
+ch06::LatentAttentionFactory latent_attention_factory(CacheType type, int threads) {
+  return [type, threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
+    return std::unique_ptr<ch06::LatentAttention>(
+        std::make_unique<FastLatentAttention>(heads, d_c, d_r, type, threads));
   };
 }
 
-/// The factory of make_bf16_latent_attention, for chapter 6's layer: every sequence's core on a
-/// bf16 cache (mla_decode_v6), split over `threads` threads (0 = every hardware thread).
+ch06::LatentAttentionFactory fast_latent_attention_factory(int threads) {
+  return latent_attention_factory(CacheType::F32, threads);
+}
+
 ch06::LatentAttentionFactory bf16_latent_attention_factory(int threads) {
-  return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r) {
-    return make_bf16_latent_attention(heads, d_c, d_r, threads);
-  };
+  return latent_attention_factory(CacheType::BF16, threads);
 }
 
 namespace {
-// The bf16 cache rounds every cached number to 8 significant bits, so this path promises only the
-// bf16 tolerance (kBf16Atol), not the 1e-4 of the exact paths.
-ch06::MlaPath bf16_path(int threads) {
-  ch06::MlaPath p =
-      ch06::absorbed_path("fast_bf16", "absorbed, chapter 7's kernel on a bf16 cache (v6)",
-                          bf16_latent_attention_factory(threads));
-  p.min_tolerance = kBf16Atol;
+// A lossy cache promises only its own tolerance, not the 1e-4 of the exact paths: the bf16 cache
+// rounds every cached number to 8 significant bits (kBf16Atol), the FP8 one keeps 3 mantissa bits
+// of the latent (kFp8Atol).
+ch06::MlaPath lossy_path(const char* name, const char* what, CacheType type, double tolerance,
+                         int threads) {
+  ch06::MlaPath p = ch06::absorbed_path(name, what, latent_attention_factory(type, threads));
+  p.min_tolerance = tolerance;
   return p;
 }
 }  // namespace
@@ -104,7 +105,10 @@ ch06::MlaPath bf16_path(int threads) {
 std::vector<ch06::MlaPath> optimized_paths(int threads) {
   return {ch06::absorbed_path("fast", "absorbed, chapter 7's head-blocked kernel (v5), fp32 cache",
                               fast_latent_attention_factory(threads)),
-          bf16_path(threads)};
+          lossy_path("fast_bf16", "absorbed, chapter 7's kernel on a bf16 cache (v6)",
+                     CacheType::BF16, kBf16Atol, threads),
+          lossy_path("fast_fp8", "absorbed, chapter 7's kernel on an FP8 cache (v7, V3.2 layout)",
+                     CacheType::FP8, kFp8Atol, threads)};
 }
 
 }  // namespace mla::ch07

@@ -9,6 +9,7 @@
 
 #include "06_decoupled_rope/latent_attention.hpp"
 #include "06_decoupled_rope/mla_layer.hpp"
+#include "07_optimized_mla/latent_cache.hpp"
 
 namespace mla::ch07 {
 
@@ -28,12 +29,16 @@ std::unique_ptr<ch06::LatentAttention> make_bf16_latent_attention(std::size_t he
                                                                   std::size_t d_c, std::size_t d_r,
                                                                   int threads = 0);
 
-/// Factories for chapter 6's layer (`LatentAttentionFactory`).
+/// Factories for chapter 6's layer (`LatentAttentionFactory`): every sequence's core on a cache
+/// of `type` (mla_decode_best picks v5, v6 or v7 for it), split over `threads` threads (0 =
+/// every hardware thread); the two below are its F32 and BF16 cases.
+ch06::LatentAttentionFactory latent_attention_factory(CacheType type, int threads = 0);
 ch06::LatentAttentionFactory fast_latent_attention_factory(int threads = 0);
 ch06::LatentAttentionFactory bf16_latent_attention_factory(int threads = 0);
 
-/// Chapter 7's paths for mla_verify, absorbed layers on these cores: "fast" (fp32 cache, v5) and
-/// "fast_bf16" (bf16 cache, v6; compare it with a bf16 tolerance).
+/// Chapter 7's paths for mla_verify, absorbed layers on these cores: "fast" (fp32 cache, v5),
+/// "fast_bf16" (bf16 cache, v6; compared with the bf16 tolerance) and "fast_fp8" (FP8 cache, v7;
+/// compared with the FP8 tolerance).
 std::vector<ch06::MlaPath> optimized_paths(int threads = 0);
 
 /// @}

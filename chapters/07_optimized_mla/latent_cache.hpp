@@ -28,6 +28,14 @@ inline std::size_t element_bytes(CacheType t) {
   return t == CacheType::F32 ? 4 : t == CacheType::BF16 ? 2 : 1;
 }
 
+/// Bytes one token's [c_kv | k_rope] takes in a cache of type t, padding left out: (d_c + d_r)
+/// numbers of F32 or BF16; for FP8 d_c codes, a 4-byte scale per 128 of them (LatentCache's
+/// kFp8Tile) and d_r bf16 numbers — 656 at DeepSeek's d_c = 512, d_r = 64.
+inline double cache_bytes_per_token(std::size_t d_c, std::size_t d_r, CacheType t) {
+  if (t != CacheType::FP8) return double(d_c + d_r) * double(element_bytes(t));
+  return double(d_c) + 4.0 * double((d_c + 127) / 128) + 2.0 * double(d_r);
+}
+
 /// The per-sequence MLA cache in the kernels' layout.
 ///
 /// Tokens live in *tiles* of kTileTokens rows. Each tile is one 64-byte-aligned block

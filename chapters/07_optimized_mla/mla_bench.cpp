@@ -65,7 +65,9 @@ std::vector<std::string> select(const Options& o, bool sweep) {
     }
   }
   if (!o.dtype.empty()) {
-    const CacheType want = o.dtype == "bf16" ? CacheType::BF16 : CacheType::F32;
+    const CacheType want = o.dtype == "bf16"  ? CacheType::BF16
+                           : o.dtype == "fp8" ? CacheType::FP8
+                                              : CacheType::F32;
     std::vector<std::string> kept;
     for (const auto& n : names) {
       const Kernel* k = find_kernel(n);
@@ -144,13 +146,14 @@ const KernelResult* by_name(const std::vector<KernelResult>& rs, const std::stri
 
 // The ratios the chapter's goals are stated in, where both sides were timed.
 void print_ratios(const std::vector<KernelResult>& rs, std::ostream& os) {
-  const KernelResult *best = by_name(rs, "v5"), *bf = by_name(rs, "v6"),
+  const KernelResult *best = by_name(rs, "v5"), *bf = by_name(rs, "v6"), *f8 = by_name(rs, "v7"),
                      *blas = by_name(rs, "blas"), *mha = by_name(rs, "mha_v2");
   if (best && blas) os << "v5 vs OpenBLAS two-GEMM: " << fixed(blas->ms / best->ms, 2) << "x\n";
   if (best && mha)
     os << "absorbed MLA (v5) vs optimized MHA (mha_v2), per decode step: "
        << fixed(mha->ms / best->ms, 2) << "x\n";
   if (best && bf) os << "bf16 cache (v6) vs fp32 (v5): " << fixed(best->ms / bf->ms, 2) << "x\n";
+  if (bf && f8) os << "fp8 cache (v7) vs bf16 (v6): " << fixed(bf->ms / f8->ms, 2) << "x\n";
 }
 
 nlohmann::json to_json(const KernelResult& r, const MlaProblem& p) {
@@ -215,7 +218,9 @@ int run_single(const Options& o) {
     const double ai_mla = mla_flops(mp) / mla_bytes(mp, CacheType::F32);
     const double ai_mha = mha_flops(hp) / mha_bytes(hp);
     std::cout << "arithmetic intensity: absorbed MLA " << num(ai_mla, 3)
-              << " FLOP/byte (fp32 cache), " << num(2 * ai_mla, 3) << " (bf16); MHA "
+              << " FLOP/byte (fp32 cache), "
+              << num(mla_flops(mp) / mla_bytes(mp, CacheType::BF16), 3) << " (bf16), "
+              << num(mla_flops(mp) / mla_bytes(mp, CacheType::FP8), 3) << " (fp8); MHA "
               << num(ai_mha, 3) << "\n";
     if (mla_flops(mp) / 1e9 > ro.v1_max_gflop) {
       std::cout << "v1 is not timed above " << ro.v1_max_gflop << " GFLOP per step (this one is "
@@ -223,7 +228,8 @@ int run_single(const Options& o) {
                 << ro.sample_heads << " sampled heads instead\n";
     }
     std::cout << "validating (tolerance fp32 " << kF32Atol << " + " << kF32Rtol << "·|ref|, bf16 "
-              << kBf16Atol << " + " << kBf16Rtol << "·|ref|):\n";
+              << kBf16Atol << " + " << kBf16Rtol << "·|ref|, fp8 " << kFp8Atol << " + " << kFp8Rtol
+              << "·|ref|):\n";
   }
   const auto rs =
       validate_and_time(mp, hp, impls, ro, peaks, o.seed, o.json ? nullptr : &std::cout);
@@ -354,7 +360,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dtype", o.dtype,
                  "Only kernels reading a cache of this type (v1 stays as the reference)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   app.add_flag("--json", o.json, "One JSON object per line instead of the table");
   app.add_flag("--sweep", o.sweep,
                "T in 128..32768, H in {1,16,128}, B in {1,4}, 1 and --threads threads -> CSV (with "

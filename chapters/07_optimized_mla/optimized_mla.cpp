@@ -44,7 +44,7 @@ double mla_flops(const MlaProblem& p) {
 
 double mla_bytes(const MlaProblem& p, CacheType type) {
   const double cache =
-      static_cast<double>(p.batch) * p.context * (p.d_c + p.d_r) * element_bytes(type);
+      static_cast<double>(p.batch) * p.context * cache_bytes_per_token(p.d_c, p.d_r, type);
   const double queries = static_cast<double>(p.batch) * p.heads * (2.0 * p.d_c + p.d_r) * 4.0;
   return cache + queries;
 }
@@ -58,11 +58,16 @@ double mha_bytes(const MhaProblem& p) {
          4.0;
 }
 
-double mla_inputs_bytes(const MlaProblem& p, bool with_bf16) {
-  const double row = static_cast<double>((p.d_c + 15) / 16 * 16 + (p.d_r + 15) / 16 * 16);
+double mla_inputs_bytes(const MlaProblem& p, bool with_low_precision) {
+  const double lat = static_cast<double>((p.d_c + 15) / 16 * 16),
+               rope = static_cast<double>((p.d_r + 15) / 16 * 16), row = lat + rope;
+  // An FP8 row: a byte per latent number, its scales (padded to 16 bytes), the rope in bf16.
+  const double fp8_row =
+      lat + 16.0 * std::ceil(4.0 * std::ceil(p.d_c / double(LatentCache::kFp8Tile)) / 16.0) +
+      2.0 * rope;
   const double tokens = static_cast<double>(p.batch) * (p.context + LatentCache::kTileTokens);
   const double flat = static_cast<double>(p.batch) * p.context * (p.d_c + p.d_r) * 4.0;
-  return flat + tokens * row * (4.0 + (with_bf16 ? 2.0 : 0.0)) +
+  return flat + tokens * (row * 4.0 + (with_low_precision ? row * 2.0 + fp8_row : 0.0)) +
          static_cast<double>(p.batch) * p.heads * (p.d_c + p.d_r) * 4.0;
 }
 
@@ -70,7 +75,7 @@ double mha_inputs_bytes(const MhaProblem& p) {
   return mha_bytes(p);
 }
 
-MlaInputs MlaInputs::random(const MlaProblem& p, std::uint64_t seed, bool with_bf16) {
+MlaInputs MlaInputs::random(const MlaProblem& p, std::uint64_t seed, bool with_low_precision) {
   MlaInputs in;
   in.dims = p;
   in.scale = deepseek_scale(p.d_r);
@@ -83,18 +88,26 @@ MlaInputs MlaInputs::random(const MlaProblem& p, std::uint64_t seed, bool with_b
   fill(in.q_rope, rng);
   fill(in.flat, rng);
   in.f32.reserve(B);
-  if (with_bf16) in.bf16.reserve(B);
+  if (with_low_precision) {
+    in.bf16.reserve(B);
+    in.fp8.reserve(B);
+  }
   for (std::size_t b = 0; b < B; ++b) {
     in.f32.emplace_back(p.d_c, p.d_r, CacheType::F32);
     in.f32.back().append_rows(in.flat.data() + b * T * D, T);
-    if (with_bf16) {
+    if (with_low_precision) {
       in.bf16.emplace_back(p.d_c, p.d_r, CacheType::BF16);
       in.bf16.back().append_rows(in.flat.data() + b * T * D, T);
+      in.fp8.emplace_back(p.d_c, p.d_r, CacheType::FP8);
+      in.fp8.back().append_rows(in.flat.data() + b * T * D, T);
     }
   }
   for (std::size_t b = 0; b < B; ++b) {
     in.seqs_f32.push_back({&in.f32[b], T});
-    if (with_bf16) in.seqs_bf16.push_back({&in.bf16[b], T});
+    if (with_low_precision) {
+      in.seqs_bf16.push_back({&in.bf16[b], T});
+      in.seqs_fp8.push_back({&in.fp8[b], T});
+    }
   }
   return in;
 }
@@ -188,6 +201,10 @@ const std::vector<Kernel>& kernels() {
     mla("v6", "v5 on a bf16 cache", true, CacheType::BF16,
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v6(in.seqs_bf16.data(), in.args(out, th));
+        });
+    mla("v7", "v5 on an FP8 cache (e4m3 + a scale per 128, bf16 rope)", true, CacheType::FP8,
+        [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v7(in.seqs_fp8.data(), in.args(out, th));
         });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {

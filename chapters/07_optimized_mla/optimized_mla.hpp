@@ -61,12 +61,15 @@ struct MlaInputs {
   std::vector<float> flat;        ///< (B, T, d_c + d_r) rows [c_kv | k_rope]: v1, v2, blas
   std::vector<LatentCache> f32;   ///< B tiled caches: v3, v4, v5
   std::vector<LatentCache> bf16;  ///< B tiled bf16 caches: v6 (empty if not asked for)
+  std::vector<LatentCache> fp8;   ///< B tiled FP8 caches: v7 (empty if not asked for)
   std::vector<SeqRef> seqs_f32,   ///< (B): each f32 cache with its T tokens
-      seqs_bf16;                  ///< (B): each bf16 cache with its T tokens (empty if no bf16)
+      seqs_bf16,                  ///< (B): each bf16 cache with its T tokens (empty if no bf16)
+      seqs_fp8;                   ///< (B): each FP8 cache with its T tokens (empty if no fp8)
 
   /// Random inputs: unit-variance cache entries, queries of std 1, scale 1/sqrt(d_nope + d_r)
   /// with d_nope = 128 (DeepSeek's). A fast generator, so that gigabyte caches fill in seconds.
-  static MlaInputs random(const MlaProblem& p, std::uint64_t seed, bool with_bf16 = true);
+  /// with_low_precision: also the bf16 and FP8 copies of the cache (v6, v7).
+  static MlaInputs random(const MlaProblem& p, std::uint64_t seed, bool with_low_precision = true);
   /// The arguments of a step writing to `out` (B, H, d_c).
   DecodeArgs args(float* out, int threads) const;
   /// Bytes these inputs hold.
@@ -93,7 +96,7 @@ struct Kernel {
   std::string summary;               ///< one line: what changed
   bool mha = false;                  ///< reads MhaInputs (else MlaInputs)
   bool threaded = false;             ///< uses RunOptions::threads (else runs on one thread)
-  CacheType dtype = CacheType::F32;  ///< the cache an MLA kernel reads: F32, or BF16 (v6)
+  CacheType dtype = CacheType::F32;  ///< the cache an MLA kernel reads: F32, BF16 (v6) or FP8 (v7)
   /// Runs an MLA kernel (mha false): writes (B, H, d_c) to `out`, on `threads` threads if threaded.
   void (*run_mla)(const MlaInputs&, float* out, int threads) = nullptr;
   /// Runs an MHA kernel (mha true): writes (B, H, d_v) to `out`, on `threads` threads if threaded.
@@ -106,7 +109,7 @@ const std::vector<Kernel>& kernels();
 const Kernel* find_kernel(const std::string& name);
 
 /// Bytes of memory the inputs of a problem need (for mla::check_memory before allocating).
-double mla_inputs_bytes(const MlaProblem& p, bool with_bf16);
+double mla_inputs_bytes(const MlaProblem& p, bool with_low_precision);
 /// The same for MHA: mha_bytes(p), the cache, the queries and the output.
 double mha_inputs_bytes(const MhaProblem& p);
 

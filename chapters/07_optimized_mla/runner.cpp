@@ -11,7 +11,7 @@
 namespace mla::ch07 {
 
 std::string dtype_name(CacheType t) {
-  return t == CacheType::F32 ? "f32" : "bf16";
+  return t == CacheType::F32 ? "f32" : t == CacheType::BF16 ? "bf16" : "fp8";
 }
 
 namespace {
@@ -61,7 +61,7 @@ std::vector<KernelResult> validate_and_time(const MlaProblem& mp, const MhaProbl
     if (!k) throw InputError("unknown kernel '" + name + "'");
     ks.push_back(k);
     (k->mha ? need_mha : need_mla) = true;
-    need_bf16 = need_bf16 || (!k->mha && k->dtype == CacheType::BF16);
+    need_bf16 = need_bf16 || (!k->mha && k->dtype != CacheType::F32);  // bf16 and fp8 copies
   }
 
   std::unique_ptr<MlaInputs> mla_in;
@@ -123,8 +123,13 @@ std::vector<KernelResult> validate_and_time(const MlaProblem& mp, const MhaProbl
       }
     };
     const bool is_reference = k->name == "v1" || k->name == "mha_v1";
-    const bool bf16 = !k->mha && k->dtype == CacheType::BF16;
-    const double atol = bf16 ? kBf16Atol : kF32Atol, rtol = bf16 ? kBf16Rtol : kF32Rtol;
+    const CacheType dt = k->mha ? CacheType::F32 : k->dtype;
+    const double atol = dt == CacheType::FP8    ? kFp8Atol
+                        : dt == CacheType::BF16 ? kBf16Atol
+                                                : kF32Atol;
+    const double rtol = dt == CacheType::FP8    ? kFp8Rtol
+                        : dt == CacheType::BF16 ? kBf16Rtol
+                                                : kF32Rtol;
     const std::vector<std::size_t>& heads = k->mha ? mha_heads : mla_heads;
     const std::vector<float>& ref = k->mha ? mha_ref : mla_ref;
     // Validate first. The reference itself is not checked against itself.

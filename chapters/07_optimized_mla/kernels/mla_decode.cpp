@@ -25,6 +25,11 @@
 // version 6 is v5 on a bf16 cache: half the bytes per cached number, every sum still in float.
 //           It pays where the step is memory-bound (few heads, long contexts). Where the CPU has
 //           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.
+// version 7 is v5 on an FP8 cache in DeepSeek-V3.2's layout: the latent as e4m3 codes with a
+//           power-of-two scale per 128 numbers, the rope key in bf16 (656 bytes a token instead of
+//           1,152 in bf16). Every number is dequantized once per step into floats (through F16C),
+//           and v5's code runs on those: fewer bytes where the step is memory-bound, the
+//           dequantization's cost where it is compute-bound.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
@@ -35,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -48,6 +54,7 @@
 
 #include "07_optimized_mla/kernels/bf16.hpp"
 #include "07_optimized_mla/kernels/flash_decoding.hpp"
+#include "07_optimized_mla/kernels/fp8.hpp"
 #include "mla/parallel.hpp"
 #include "mla/rows.hpp"
 #include "mla/tensor.hpp"
@@ -253,7 +260,7 @@ float tile_scores(RowView<const Elem> tile, const float* q, float* s) {
 template <class Elem>
 void tile_update(RowView<const Elem> lat_rows, float* s, float tile_max, HeadState& st) {
   const std::size_t nt = lat_rows.rows(), lat_stride = lat_rows.cols();
-  const float alpha = st.sm.step(s, nt, kTile, tile_max);
+  const float alpha = st.sm.step(s, nt, round_up(nt, W), tile_max);
 
   // acc = alpha·acc + Σ_t p_t·c_t, four tokens per sweep over acc (one load/store of acc per
   // four rows instead of per row).
@@ -654,6 +661,18 @@ class PerHeadScores {
   std::size_t stride_;
 };
 
+// What the per-head path hands its heads from tile i (its first nt rows): the tile itself, as
+// one view of cache numbers (fp32, or bf16 widened while loaded). v7 adds a version that
+// dequantizes an FP8 tile a few rows at a time into floats, and hands over those row blocks.
+template <class Elem>
+struct PerHeadRows {
+  using Rows = Elem;  // what the views hold
+  template <class Fn>
+  static void each(const LatentCache& c, std::size_t i, std::size_t nt, Fn&& fn) {
+    fn(cache_tile<Elem>(c, i, nt));
+  }
+};
+
 // The per-head path for few heads (below kPerHeadBelow): v3's per-head tiles, tiles outer and
 // heads inner, so each tile comes from memory once and from L1/L2 for the other heads.
 template <class Elem>
@@ -672,13 +691,15 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
     st[hh].acc = ws.acc.data() + hh * lat;
     std::fill(st[hh].acc, st[hh].acc + lat, 0.0f);
   }
-  const PerHeadScores<Elem> scores(ws.q.data(), nh, stride);
+  using Rows = typename PerHeadRows<Elem>::Rows;
+  const PerHeadScores<Rows> scores(ws.q.data(), nh, stride);
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    const RowView<const Elem> tile = cache_tile<Elem>(cache, i, tile_tokens(length, i));
-    for (std::size_t hh = 0; hh < nh; ++hh) {
-      const float tile_max = scores(tile, hh, ws.s.data());
-      tile_update(tile.cols_range(0, lat), ws.s.data(), tile_max, st[hh]);
-    }
+    PerHeadRows<Elem>::each(cache, i, tile_tokens(length, i), [&](RowView<const Rows> rows) {
+      for (std::size_t hh = 0; hh < nh; ++hh) {
+        const float rows_max = scores(rows, hh, ws.s.data());
+        tile_update(rows.cols_range(0, lat), ws.s.data(), rows_max, st[hh]);
+      }
+    });
   }
   float* po = it.part;  // the layout of partial_of
   for (std::size_t hh = 0; hh < nh; ++hh) {
@@ -895,9 +916,87 @@ void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a) {
   decode_split<std::uint16_t>(seqs, a);
 }
 
+// ============================================================================================
+// version 7: FP8 cache (DeepSeek-V3.2's 656-byte layout)
+// ============================================================================================
+// A row is [e4m3 codes of c_kv | one float scale per 128 of them | k_rope in bf16]
+// (latent_cache.hpp). The kernel dequantizes what it reads into floats — a code widened through
+// F16C (kernels/fp8.hpp), times its tile's scale — and runs v5's float code on it: every sum in
+// float, as before. Each number is dequantized once per step whatever the head count:
+//  - head-blocked path: a whole tile at a time (like v6's bf16 tile), then the micro-kernels;
+//  - per-head path: kFp8Rows rows at a time into an L1-sized buffer, which every head of the item
+//    reads twice (scores, weighted sum) before the next rows come, so the float copy never
+//    leaves L1 and the cache is read from memory once.
+
+namespace {
+
+// Rows per block of the per-head path: 8 × 576 floats = 18 KiB, inside a 32 KiB L1 cache.
+constexpr std::size_t kFp8Rows = 8;
+
+// Rows [r0, r0 + n) of FP8 tile i as floats: dst (n, stride) = [c_kv | 0 | k_rope | 0].
+void dequantize_fp8_rows(const LatentCache& c, std::size_t i, std::size_t r0, std::size_t n,
+                         float* dst) {
+  const std::size_t lat = c.lat_stride(), stride = c.stride(), tile = c.fp8_tile();
+  const std::size_t rope = stride - lat;  // d_r rounded up to 16
+  const std::uint8_t* src = c.tile_fp8(i) + r0 * c.row_bytes();
+  for (std::size_t r = 0; r < n; ++r, src += c.row_bytes(), dst += stride) {
+    for (std::size_t j = 0, k0 = 0; k0 < lat; ++j, k0 += tile) {
+      float scale;
+      std::memcpy(&scale, src + c.fp8_scale_offset() + 4 * j, sizeof scale);
+      // load_e4m3_scaled gives 2^-8 of each value: the 2^8 joins the scale (exact: powers of 2).
+      const V f(scale * kE4m3LoadFactor);
+      const std::size_t k1 = std::min(lat, k0 + tile);
+      std::size_t k = k0;
+      for (; k + 2 * W <= k1; k += 2 * W) {
+        V lo, hi;
+        load_e4m3_scaled2(src + k, lo, hi);
+        (lo * f).store_aligned(dst + k);
+        (hi * f).store_aligned(dst + k + W);
+      }
+      for (; k < k1; k += W) (load_e4m3_scaled(src + k) * f).store_aligned(dst + k);
+    }
+    const auto* r16 = reinterpret_cast<const std::uint16_t*>(src + c.fp8_rope_offset());
+    for (std::size_t k = 0; k < rope; k += W) load_bf16(r16 + k).store_aligned(dst + lat + k);
+  }
+}
+
+// The head-blocked path reads a whole tile as floats.
+template <>
+RowView<const float> float_tile<std::uint8_t>(const LatentCache& c, std::size_t i, std::size_t nt) {
+  static thread_local AlignedVec ftile;  // (kTileTokens, stride)
+  grow(ftile, kTile * c.stride());
+  dequantize_fp8_rows(c, i, 0, nt, ftile.data());
+  return {ftile.data(), nt, c.stride(), c.stride()};
+}
+
+// The per-head path reads kFp8Rows rows at a time as floats.
+template <>
+struct PerHeadRows<std::uint8_t> {
+  using Rows = float;
+  template <class Fn>
+  static void each(const LatentCache& c, std::size_t i, std::size_t nt, Fn&& fn) {
+    static thread_local AlignedVec rows;  // (kFp8Rows, stride)
+    grow(rows, kFp8Rows * c.stride());
+    for (std::size_t r0 = 0; r0 < nt; r0 += kFp8Rows) {
+      const std::size_t n = std::min(kFp8Rows, nt - r0);
+      dequantize_fp8_rows(c, i, r0, n, rows.data());
+      fn(RowView<const float>(rows.data(), n, c.stride(), c.stride()));
+    }
+  }
+};
+
+}  // namespace
+
+void mla_decode_v7(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::FP8);
+  decode_split<std::uint8_t>(seqs, a);
+}
+
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
   if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::BF16) {
     mla_decode_v6(seqs, a);
+  } else if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::FP8) {
+    mla_decode_v7(seqs, a);
   } else {
     mla_decode_v5(seqs, a);
   }

@@ -56,8 +56,12 @@ void mla_decode_v5(const SeqRef* seqs, const DecodeArgs& a);
 /// v6: v5 on a bf16 cache (half the bytes per token; sums in float). BF16 caches.
 void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a);
 
-/// The fastest version for the caches given: v5 for F32 caches, v6 for BF16 (all caches of one
-/// call must share the type, d_c and d_r).
+/// v7: v5 on an FP8 cache (DeepSeek-V3.2's layout: e4m3 latent with a power-of-two scale per
+/// 128 numbers, bf16 rope key; sums in float). FP8 caches.
+void mla_decode_v7(const SeqRef* seqs, const DecodeArgs& a);
+
+/// The fastest version for the caches given: v5 for F32 caches, v6 for BF16, v7 for FP8 (all caches
+/// of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
 /// True if v6's per-head path computes its scores with AVX512_BF16's vdpbf16ps (built by GCC on
