@@ -340,3 +340,186 @@ TEST_CASE("ch08: sampling is repeatable with a seed, and greedy at its limits", 
   bad.top_p = 0;
   CHECK_THROWS(Sampler(bad));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The paged cache, batched decode, continuous batching
+// ---------------------------------------------------------------------------------------------
+
+#include <numeric>
+#include <random>
+
+#include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "07_optimized_mla/runner.hpp"
+#include "08_serving/engine.hpp"
+#include "08_serving/paged_cache.hpp"
+#include "08_serving/scheduler.hpp"
+
+namespace {
+
+/// A pool full of NaN whose free blocks come out in a random order.
+void scramble(BlockPool& pool, std::uint64_t seed) {
+  pool.fill(std::numeric_limits<float>::quiet_NaN());
+  std::vector<int> order(pool.free_blocks());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(seed));
+  pool.set_free_order(order);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "ch08: a decode step read through pages equals the step on chapter 7's contiguous "
+    "cache (random block order, NaN past every sequence's end)",
+    "[ch08]") {
+  const ModelConfig cfg =
+      make_mla_model_config(2, 64, ch06::make_mla_config(32, 16, std::nullopt, 512, 16, 64, 16));
+  for (auto type : {ch07::CacheType::F32, ch07::CacheType::BF16}) {
+    const PageLayout layout = page_layout(cfg, type);
+    BlockPool pool(layout.block_bytes(), 40 * layout.block_bytes());
+    scramble(pool, 5);
+    const std::vector<std::size_t> lengths = {1, 63, 64, 65, 200, 129};
+    std::vector<std::unique_ptr<PagedSequence>> paged;
+    std::vector<ch07::LatentCache> flat;
+    Rng rng(2);
+    for (std::size_t T : lengths) {
+      paged.push_back(std::make_unique<PagedSequence>(pool, layout, cfg));
+      REQUIRE(paged.back()->reserve(T));
+      flat.emplace_back(512, 64, type);
+      const Mat c = rng.normal(T, 512), r = rng.normal(T, 64);
+      // Layer 1's page of each block (layer 0's stays NaN: a kernel reading the wrong page fails).
+      paged.back()->latent(1).append(c.data(), r.data(), T);
+      flat.back().append(c.data(), r.data(), T);
+    }
+    const std::size_t B = lengths.size(), H = 16;
+    const Mat ql = rng.normal(B * H, 512), qr = rng.normal(B * H, 64);
+    Mat out_paged = xt::empty<float>({B * H, std::size_t{512}}), out_flat = out_paged;
+    std::vector<ch07::SeqRef> sp, sf;
+    for (std::size_t b = 0; b < B; ++b) {
+      sp.push_back({&paged[b]->latent(1), lengths[b]});
+      sf.push_back({&flat[b], lengths[b]});
+    }
+    ch07::DecodeArgs a;
+    a.batch = B;
+    a.heads = H;
+    a.q_lat = ql.data();
+    a.q_rope = qr.data();
+    a.scale = 0.07f;
+    a.threads = 2;
+    a.out = out_paged.data();
+    ch07::mla_decode_best(sp.data(), a);
+    a.out = out_flat.data();
+    ch07::mla_decode_best(sf.data(), a);
+    const bool bf16 = type == ch07::CacheType::BF16;
+    INFO((bf16 ? "bf16" : "fp32"));
+    test::check_close(out_paged, test::to_double(out_flat), bf16 ? ch07::kBf16Atol : ch07::kF32Atol,
+                      bf16 ? ch07::kBf16Rtol : ch07::kF32Rtol, "paged vs contiguous");
+    // The tables really are scattered, and every block comes back.
+    CHECK_FALSE(std::is_sorted(paged[4]->block_table().begin(), paged[4]->block_table().end()));
+    paged.clear();
+    CHECK(pool.free_blocks() == pool.capacity());
+  }
+}
+
+TEST_CASE(
+    "ch08: a batched step over sequences of different lengths equals single-sequence "
+    "steps, MLA and GQA",
+    "[ch08]") {
+  for (const auto& cfg : {small_mla(), small_gqa(2), small_gqa(4)}) {
+    INFO(cfg.variant());
+    const auto m = std::make_shared<const Model>(random_model(cfg, 21));
+    const PageLayout layout = page_layout(m->config);
+    BlockPool pool(layout.block_bytes(), 64 * layout.block_bytes());
+    scramble(pool, 9);
+    Engine engine(m, layout, 2);
+    Rng rng(6);
+    const std::vector<std::size_t> lengths = {3, 70, 1, 130};
+    std::vector<std::unique_ptr<PagedSequence>> seqs;
+    std::vector<std::vector<int>> toks;
+    std::vector<StepItem> batch;
+    for (std::size_t T : lengths) {
+      toks.push_back(test::random_tokens(rng, T + 1, 256));
+      seqs.push_back(std::make_unique<PagedSequence>(pool, layout, m->config));
+      REQUIRE(seqs.back()->reserve(T + 1));
+      // Prefill in chunks of at most 64 tokens.
+      for (std::size_t s = 0; s < T; s += 64) {
+        const std::size_t n = std::min<std::size_t>(64, T - s);
+        engine.step({{seqs.back().get(),
+                      {toks.back().begin() + long(s), toks.back().begin() + long(s + n)}}});
+      }
+      batch.push_back({seqs.back().get(), {toks.back()[T]}});
+    }
+    const Mat batched = engine.step(batch);  // (B, V): one step for all four
+    const std::size_t V = 256;
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+      Decoder d(m, cfg.variant() == "mla" ? "absorbed" : "gqa");
+      const Mat alone = d.forward(toks[b]);
+      test::check_close(batched.data() + b * V,
+                        test::to_double(xt::eval(test::rows(alone, lengths[b], lengths[b] + 1))),
+                        1e-4, 1e-3, "sequence " + std::to_string(b));
+    }
+  }
+}
+
+TEST_CASE(
+    "ch08: continuous batching gives every request its solo greedy output, with staggered "
+    "arrivals and preemption, within the budget, every block back after",
+    "[ch08]") {
+  for (const auto& cfg : {small_mla(), small_gqa(2)}) {
+    INFO(cfg.variant());
+    const auto m = std::make_shared<const Model>(random_model(cfg, 31));
+    const PageLayout layout = page_layout(m->config);
+    Engine engine(m, layout, 1);
+    Rng rng(8);
+    std::vector<Request> reqs;
+    for (std::size_t i = 0; i < 7; ++i) {
+      Request r;
+      r.prompt = test::random_tokens(rng, 5 + 23 * i, 256);
+      r.max_new = 20 + 9 * i;
+      r.arrival = 3 * i;
+      reqs.push_back(r);
+    }
+    reqs[3].sampling.temperature = 0.9f;  // a sampled one: seeded, so solo = batched as well
+    reqs[3].sampling.seed = 77;
+    // Solo: each request alone in a roomy pool.
+    std::vector<std::vector<int>> solo;
+    for (const Request& r : reqs) {
+      BlockPool big(layout.block_bytes(), 32 * layout.block_bytes());
+      Scheduler s(engine, big);
+      Request one = r;
+      one.arrival = 0;
+      solo.push_back(s.run({one})[0].tokens);
+    }
+    // Together in a pool of 6 blocks (one request needs up to 4): preemption is forced.
+    BlockPool pool(layout.block_bytes(), 6 * layout.block_bytes() + 100);
+    scramble(pool, 3);
+    Scheduler s(engine, pool, {64, 16});
+    const auto done = s.run(reqs);
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      INFO("request " << i);
+      CHECK(done[i].tokens == solo[i]);
+    }
+    CHECK(s.stats().preemptions > 0);
+    CHECK(s.stats().max_running > 1);
+    CHECK(s.stats().max_used_blocks <= pool.capacity());
+    CHECK(pool.capacity() * pool.block_bytes() <= pool.budget_bytes());
+    CHECK(pool.free_blocks() == pool.capacity());
+  }
+}
+
+TEST_CASE("ch08: requests that can never fit are refused before anything runs", "[ch08]") {
+  const auto m = std::make_shared<const Model>(random_model(small_mla(), 3));
+  const PageLayout layout = page_layout(m->config);
+  Engine engine(m, layout, 1);
+  CHECK_THROWS_AS(BlockPool(layout.block_bytes(), layout.block_bytes() - 1), InputError);
+  BlockPool pool(layout.block_bytes(), 2 * layout.block_bytes());
+  Scheduler s(engine, pool);
+  Request r;
+  r.prompt = std::vector<int>(100, 65);
+  r.max_new = 100;  // 200 tokens: 4 blocks, the pool has 2
+  CHECK_THROWS_WITH(s.run({r}), Catch::Contains("KV budget holds 2"));
+  r.prompt = std::vector<int>(5000, 65);
+  CHECK_THROWS_WITH(s.run({r}), Catch::Contains("context"));
+  r.prompt.clear();
+  CHECK_THROWS_WITH(s.run({r}), Catch::Contains("empty prompt"));
+  CHECK(pool.free_blocks() == pool.capacity());
+}
