@@ -43,20 +43,35 @@ std::size_t LatentCache::tile_rows(std::size_t i) const {
 }
 
 const float* LatentCache::tile_f32(std::size_t i) const {
-  return reinterpret_cast<const float*>(tiles_[i].get());
+  return reinterpret_cast<const float*>(tile_ptrs_[i]);
 }
 
 const std::uint16_t* LatentCache::tile_bf16(std::size_t i) const {
-  return reinterpret_cast<const std::uint16_t*>(tiles_[i].get());
+  return reinterpret_cast<const std::uint16_t*>(tile_ptrs_[i]);
 }
 
 const std::uint8_t* LatentCache::tile_fp8(std::size_t i) const {
-  return tiles_[i].get();
+  return tile_ptrs_[i];
+}
+
+void LatentCache::borrow_tile(unsigned char* tile) {
+  if (!tile || reinterpret_cast<std::uintptr_t>(tile) % 64 != 0) {
+    throw std::invalid_argument("LatentCache::borrow_tile: a tile must be 64-byte aligned");
+  }
+  if (!tiles_.empty()) {
+    throw std::logic_error("LatentCache::borrow_tile: this cache already allocates its tiles");
+  }
+  borrowed_ = true;
+  tile_ptrs_.push_back(tile);
 }
 
 void* LatentCache::row(std::size_t t) {
   const std::size_t tile = t / kTileTokens;
-  if (tile == tiles_.size()) {
+  if (tile == tile_ptrs_.size()) {
+    if (borrowed_) {
+      throw std::logic_error("LatentCache: no tile for token " + std::to_string(t) +
+                             " (a cache that borrows its tiles must be lent one first)");
+    }
     // A new tile, zero-filled so that the padding columns hold zeros (code 0 is +0 in e4m3
     // too). Its size is a multiple of 64 bytes (a row is a multiple of 16 bytes, 64 rows), as
     // aligned_alloc requires.
@@ -65,8 +80,12 @@ void* LatentCache::row(std::size_t t) {
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, bytes);
     tiles_.emplace_back(static_cast<unsigned char*>(p));
+    tile_ptrs_.push_back(tiles_.back().get());
   }
-  return tiles_[tile].get() + (t % kTileTokens) * row_bytes_;
+  unsigned char* r = tile_ptrs_[tile] + (t % kTileTokens) * row_bytes_;
+  // A borrowed tile holds what its last user left: zero the row, so its padding is zeros.
+  if (borrowed_) std::memset(r, 0, row_bytes_);
+  return r;
 }
 
 // One token into an FP8 row: per scale tile, the smallest power of two that brings the tile's

@@ -88,6 +88,15 @@ class LatentCache {
   void append_rows(const float* rows, std::size_t n);
   /// Forget every token (keeps the memory).
   void clear() { size_ = 0; }
+  /// Use `tile` as the next tile instead of allocating one: tile_bytes() bytes, 64-byte aligned,
+  /// not owned (it must outlive the cache). This is how a paged cache lends its pool's blocks: a
+  /// page IS a tile, and the kernels read it where it lies, through this cache's list of tiles
+  /// (the sequence's block table). A cache that borrows allocates nothing: appending past its
+  /// last tile is a std::logic_error. Rows are written whole on append (padding included), so
+  /// whatever the block held before does not matter; rows not yet appended are never read.
+  void borrow_tile(unsigned char* tile);
+  /// Bytes of one tile: kTileTokens rows of row_bytes().
+  std::size_t tile_bytes() const { return kTileTokens * row_bytes_; }
 
   std::size_t size() const { return size_; }              ///< tokens cached
   std::size_t d_c() const { return d_c_; }                ///< latent width
@@ -131,7 +140,9 @@ class LatentCache {
   CacheType type_;
   std::size_t fp8_tile_, fp8_rope_offset_, row_bytes_;
   std::size_t size_ = 0;
-  std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;
+  std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;  // owned tiles
+  std::vector<unsigned char*> tile_ptrs_;  // every tile in order, owned or borrowed
+  bool borrowed_ = false;                  // true once a tile is borrowed: never allocate
 };
 
 /// @}

@@ -1,0 +1,189 @@
+#include "08_serving/bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <memory>
+#include <random>
+
+#include "06_decoupled_rope/mla_weights.hpp"
+#include "08_serving/engine.hpp"
+#include "08_serving/paged_cache.hpp"
+
+namespace mla::ch08 {
+
+namespace {
+
+/// Parameters every row of a step multiplies by (all layers, lm_head included).
+double linear_params(const ModelConfig& c) {
+  const double D = double(c.hidden_size), I = double(c.intermediate_size);
+  double attn;
+  if (c.attention == AttentionKind::MLA) {
+    const MlaConfig& m = c.mla;
+    const double H = double(m.num_attention_heads);
+    attn = H * double(m.qk_head_dim()) * D + double(m.kv_lora_rank + m.qk_rope_head_dim) * D +
+           H * double(m.qk_nope_head_dim + m.v_head_dim) * double(m.kv_lora_rank) +  // W_UK, W_UV
+           D * H * double(m.v_head_dim);
+  } else {
+    const double q = double(c.gqa.heads * c.gqa.head_dim),
+                 kv = double(c.gqa.kv_heads * c.gqa.head_dim);
+    attn = 2 * q * D + 2 * kv * D;
+  }
+  return double(c.num_hidden_layers) * (attn + 3 * D * I) + double(c.vocab_size) * D;
+}
+
+/// Attention FLOPs of one sequence of `T` tokens, one decode token, all layers.
+double attention_flops(const ModelConfig& c, std::size_t T) {
+  double per_layer;
+  if (c.attention == AttentionKind::MLA) {
+    const MlaConfig& m = c.mla;
+    // scores over [c_kv | k_rope], then the weighted sum of c_kv: per head and token.
+    per_layer = 2.0 * double(m.num_attention_heads) * double(T) *
+                double(2 * m.kv_lora_rank + m.qk_rope_head_dim);
+  } else {
+    per_layer = 4.0 * double(c.gqa.heads) * double(T) * double(c.gqa.head_dim);
+  }
+  return double(c.num_hidden_layers) * per_layer;
+}
+
+/// A cheap generator for filling gigabytes of cache: N(0,1)-ish is not needed, the cost of a
+/// decode step does not depend on what the cache holds.
+void fill_random(std::vector<float>& v, std::uint64_t seed) {
+  std::mt19937 g(static_cast<std::uint32_t>(seed));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& x : v) x = u(g);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+double predict_step_seconds(const ModelConfig& c, std::size_t cache_bytes_per_token,
+                            std::size_t batch, std::size_t context, double gflops, double gbps) {
+  const double P = linear_params(c), B = double(batch);
+  // The weights: read once per step (4 bytes each), multiplied by every row.
+  const double t_weights = std::max(2 * P * B / (gflops * 1e9), 4 * P / (gbps * 1e9));
+  // The caches: each sequence's read once, its attention FLOPs done once.
+  const double t_attn =
+      std::max(B * attention_flops(c, context) / (gflops * 1e9),
+               B * double(cache_bytes_per_token) * double(context) / (gbps * 1e9));
+  return t_weights + t_attn;
+}
+
+std::vector<ModelConfig> bench_configs(const BenchOptions& o) {
+  std::vector<ModelConfig> out;
+  for (std::size_t kv : {16, 8, 4}) {
+    GqaConfig g;
+    g.heads = 16;
+    g.kv_heads = kv;
+    g.head_dim = 128;
+    ModelConfig c = make_gqa_model_config(o.d_model, o.layers, o.intermediate, g);
+    c.max_position_embeddings = o.context + 1024;
+    out.push_back(c);
+  }
+  // DeepSeek-V2-Lite's attention: no query latent, d_c 512, 128 + 64 query/key dims, v 128.
+  MlaConfig m = ch06::make_mla_config(o.d_model, 16, std::nullopt, 512, 128, 64, 128);
+  m.max_position_embeddings = o.context + 1024;
+  out.push_back(make_mla_model_config(o.layers, o.intermediate, m));
+  return out;
+}
+
+std::vector<BenchRow> run_bench(const BenchOptions& o, const ch07::MachinePeak& peak,
+                                bool progress) {
+  const std::size_t budget = static_cast<std::size_t>(o.budget_gib * double(1ull << 30));
+  std::vector<BenchRow> rows;
+  std::uint64_t seed = 1;
+  for (const ModelConfig& cfg : bench_configs(o)) {
+    const auto model = std::make_shared<const Model>(random_model(cfg, seed++));
+    const std::vector<ch07::CacheType> types =
+        cfg.attention == AttentionKind::MLA
+            ? std::vector<ch07::CacheType>{ch07::CacheType::F32, ch07::CacheType::BF16}
+            : std::vector<ch07::CacheType>{ch07::CacheType::F32};
+    for (const auto type : types) {
+      const PageLayout layout = page_layout(cfg, type);
+      BlockPool pool(layout.block_bytes(), budget);
+      Engine engine(model, layout, o.threads);
+      // Every sequence holds `context` tokens and room for the timed steps.
+      const std::size_t steps_total = (o.sweep ? 16 : 1) * (o.steps + 1) + 1;
+      const std::size_t per_seq = PagedSequence::blocks_for(o.context + steps_total);
+      const std::size_t max_seq = pool.capacity() / per_seq;
+      BenchRow base;
+      base.variant =
+          cfg.variant() == "gqa" ? "gqa" + std::to_string(cfg.gqa.kv_heads) : cfg.variant();
+      base.dtype = type == ch07::CacheType::BF16 ? "bf16" : "f32";
+      base.cache_bytes_per_token = layout.bytes_per_token();
+      base.budget_bytes = budget;
+      base.context = o.context;
+      base.max_sequences = max_seq;
+      if (max_seq == 0) {
+        rows.push_back(base);
+        continue;
+      }
+      if (progress) {
+        std::cerr << "  " << base.variant << " " << base.dtype << ": filling " << max_seq
+                  << " caches of " << o.context << " random tokens...\n";
+      }
+      // Random rows, written through the same paths as real tokens (append / write_kv).
+      std::vector<std::unique_ptr<PagedSequence>> seqs;
+      std::vector<float> a, b;
+      if (cfg.attention == AttentionKind::MLA) {
+        a.resize(o.context * cfg.mla.kv_lora_rank);
+        b.resize(o.context * cfg.mla.qk_rope_head_dim);
+      } else {
+        a.resize(cfg.gqa.kv_heads * cfg.gqa.head_dim);
+        b.resize(a.size());
+      }
+      fill_random(a, 11);
+      fill_random(b, 12);
+      for (std::size_t s = 0; s < max_seq; ++s) {
+        seqs.push_back(std::make_unique<PagedSequence>(pool, layout, cfg));
+        if (!seqs.back()->reserve(o.context + steps_total)) break;
+        for (std::size_t l = 0; l < cfg.num_hidden_layers; ++l) {
+          if (cfg.attention == AttentionKind::MLA) {
+            seqs.back()->latent(l).append(a.data(), b.data(), o.context);
+          } else {
+            for (std::size_t t = 0; t < o.context; ++t)
+              seqs.back()->write_kv(l, t, a.data(), b.data());
+          }
+        }
+        seqs.back()->advance(o.context);
+      }
+      std::vector<std::size_t> batches;
+      if (o.sweep) {
+        for (std::size_t bsz = 1; bsz < max_seq && batches.size() < 15; bsz *= 2)
+          batches.push_back(bsz);
+      }
+      batches.push_back(max_seq);
+      for (std::size_t bsz : batches) {
+        std::vector<StepItem> items;
+        for (std::size_t s = 0; s < bsz; ++s) items.push_back({seqs[s].get(), {int('a' + s % 26)}});
+        engine.step(items);  // warm-up
+        std::vector<double> t;
+        for (std::size_t k = 0; k < o.steps; ++k) {
+          for (auto& it : items) it.tokens = {int('a' + k % 26)};
+          const auto t0 = std::chrono::steady_clock::now();
+          engine.step(items);
+          t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        BenchRow r = base;
+        r.batch = bsz;
+        r.ms_per_step = 1e3 * median(t);
+        r.tokens_per_s = double(bsz) / median(t);
+        r.predicted_ms_per_step = 1e3 * predict_step_seconds(cfg, layout.bytes_per_token(), bsz,
+                                                             o.context, peak.gflops, peak.gbps);
+        rows.push_back(r);
+        if (progress) {
+          std::cerr << "    batch " << bsz << ": " << r.ms_per_step << " ms/step (model "
+                    << r.predicted_ms_per_step << ")\n";
+        }
+      }
+    }
+  }
+  return rows;
+}
+
+}  // namespace mla::ch08
