@@ -14,6 +14,7 @@
 #include <xtensor/xview.hpp>
 #include "06_decoupled_rope/mla_layer.hpp"
 #include "09_sparse_attention/dsa_verify.hpp"
+#include "09_sparse_attention/sparse_decode.hpp"
 #include "mla/compare.hpp"
 #include "mla/fp8.hpp"
 #include "mla/safetensors_writer.hpp"
@@ -365,4 +366,74 @@ TEST_CASE("DSA weights: one list, a missing indexer tensor is refused by name", 
   write_safetensors(path, tensors);
   CHECK_THROWS_WITH(load_dsa_weights(Checkpoint::open(path), cfg, 0),
                     Catch::Contains("self_attn.indexer.k_norm.bias"));
+}
+
+TEST_CASE("Sparse decode on chapter 7's kernel = the reference gathered form, NaN rows unread",
+          "[ch09]") {
+  Rng rng(31);
+  const std::size_t T = 300, d_c = 64, d_r = 16, H = 16;  // 16 heads: the head-blocked kernel
+  std::vector<float> C = test::random_vector(rng, T * d_c), KR = test::random_vector(rng, T * d_r);
+  std::vector<float> ql = test::random_vector(rng, H * d_c), qr = test::random_vector(rng, H * d_r);
+  std::vector<std::int32_t> idx;
+  for (std::int32_t t = 5; t < 300; t += 7) idx.push_back(t);
+  idx.insert(idx.begin() + 3, -1);
+  // The tiled cache with every unselected row NaN.
+  std::vector<float> Cn = C, KRn = KR;
+  std::vector<bool> chosen(T, false);
+  for (auto t : idx) {
+    if (t >= 0) chosen[t] = true;
+  }
+  for (std::size_t t = 0; t < T; ++t) {
+    if (chosen[t]) continue;
+    std::fill_n(Cn.data() + t * d_c, d_c, std::numeric_limits<float>::quiet_NaN());
+    std::fill_n(KRn.data() + t * d_r, d_r, std::numeric_limits<float>::quiet_NaN());
+  }
+  ch07::LatentCache cache(d_c, d_r), scratch(d_c, d_r);
+  cache.append(Cn.data(), KRn.data(), T);
+  std::vector<float> fast(H * d_c), ref(H * d_c);
+  ch07::DecodeArgs a;
+  a.heads = H;
+  a.d_c = d_c;
+  a.d_r = d_r;
+  a.q_lat = ql.data();
+  a.q_rope = qr.data();
+  a.scale = 0.1f;
+  a.out = fast.data();
+  a.threads = 2;
+  sparse_decode_gathered(cache, idx.data(), idx.size(), T, a, scratch);
+  sparse_attend_gathered({C.data(), KR.data(), T, d_c, d_r}, idx.data(), idx.size(), T,
+                         {H, ql.data(), qr.data(), 0.1f, ref.data()});
+  CHECK(compare(fast, ref).finite);
+  CHECK(compare(fast, ref).max_abs <= 1e-5);
+  std::vector<std::int32_t> dup = idx;
+  dup.push_back(idx[0]);
+  CHECK_THROWS_WITH(sparse_decode_gathered(cache, dup.data(), dup.size(), T, a, scratch),
+                    Catch::Contains("listed twice"));
+}
+
+TEST_CASE("Fast top-k and GEMM index scores = the reference ones", "[ch09]") {
+  Rng rng(41);
+  const std::size_t T = 500, HI = 4, DI = 16;
+  std::vector<float> s = test::random_vector(rng, T);
+  std::vector<std::int32_t> a(64), b(64);
+  select_topk(s.data(), T, 64, a.data());
+  select_topk_fast(s.data(), T, 64, b.data());
+  CHECK(a == b);
+  select_topk_fast(s.data(), 10, 64, b.data());
+  select_topk(s.data(), 10, 64, a.data());
+  CHECK(a == b);
+  const Mat K = rng.normal(T, DI), Q = rng.normal(HI, DI);
+  const std::vector<float> coef{0.5f, -0.25f, 1.0f, 0.125f};
+  Mat work;
+  std::vector<float> got(T);
+  indexer_scores_gemm(K, Q, coef.data(), work, got.data());
+  for (std::size_t t = 0; t < T; t += 37) {
+    double want = 0;
+    for (std::size_t h = 0; h < HI; ++h) {
+      double dot = 0;
+      for (std::size_t i = 0; i < DI; ++i) dot += K(t, i) * Q(h, i);
+      want += coef[h] * std::max(dot, 0.0);
+    }
+    CHECK(got[t] == Approx(want).margin(1e-4));
+  }
 }

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "09_sparse_attention/sparse_decode.hpp"
 #include "mla/bench.hpp"
 #include "mla/json.hpp"
 #include "mla/rows.hpp"  // shape_str
@@ -165,7 +166,10 @@ std::vector<DsaPath> dsa_paths() {
   return {{"dsa", "indexer + top-k + sparse MLA gathered through the index list (reference loops)",
            reference_sparse_cores(SparseForm::Gathered), 0.0},
           {"dsa_masked", "indexer + top-k + dense MLA scores with DeepSeek's additive index mask",
-           reference_sparse_cores(SparseForm::Masked), 0.0}};
+           reference_sparse_cores(SparseForm::Masked), 0.0},
+          {"dsa_fast",
+           "indexer + top-k + the selected rows gathered into a tile for chapter 7's kernel (v5)",
+           fast_sparse_cores(), 0.0}};
 }
 
 std::vector<DsaVerifyRow> verify_dsa_case(const DsaCase& c, const std::vector<DsaPath>& paths,

@@ -57,8 +57,8 @@ struct DsaPath {
   double min_tolerance = 0.0;
 };
 
-/// This chapter's paths: "dsa" (gathered, reference loops) and "dsa_masked" (dense scores + index
-/// mask, as DeepSeek's reference).
+/// This chapter's paths: "dsa" (gathered, reference loops), "dsa_masked" (dense scores + index
+/// mask, as DeepSeek's reference) and "dsa_fast" (gathered into a tile, chapter 7's kernel).
 std::vector<DsaPath> dsa_paths();
 
 /// One row of the DSA verification table.
