@@ -31,6 +31,11 @@
 
 using namespace mla;
 
+// OpenBLAS's own worker threads spin after a GEMM and take the cores chapter 7's OpenMP threads
+// need: the indexer's GEMMs run on one BLAS thread (as chapter 7's mla_blas does it, weakly
+// linked so that another BLAS works too).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
 namespace {
 
 struct Options {
@@ -92,6 +97,7 @@ int main(int argc, char** argv) {
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
 
   return run_program("dsa_bench", [&] {
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
     if (o.quick) {
       o.heads = 16;
       o.context = 4096;
