@@ -122,7 +122,7 @@ TEST_CASE("Hadamard: H·Hᵀ = n·I, so the scaled rotation keeps dot products",
   CHECK_THROWS_AS(hadamard(odd.data(), 12), std::invalid_argument);
 }
 
-TEST_CASE("FP8 blocks: ue8m0 scales are powers of two and put the block's max in (224, 448]",
+TEST_CASE("FP8 blocks: ue8m0 scales are powers of two and put the block max above 224, at most 448",
           "[ch09]") {
   CHECK(ue8m0_scale(448.0f) == 1.0f);  // an exact power of two stays put
   CHECK(ue8m0_scale(449.0f) == 2.0f);
