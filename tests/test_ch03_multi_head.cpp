@@ -357,3 +357,10 @@ TEST_CASE("a config with a missing or inconsistent field is an error naming fiel
     CHECK(cache_elements_per_layer(m) == 2 * 128);
   }
 }
+
+TEST_CASE("Cache calculator: DeepSeek-V3.2 caches 656 + 132 bytes per token and layer", "[ch03]") {
+  const ch03::V32CacheBytes c = ch03::v32_cache_bytes();
+  CHECK(c.latent_per_layer == 656);   // 512 e4m3 + 4 scales · 4 B + 64 bf16 · 2 B
+  CHECK(c.indexer_per_layer == 132);  // 128 e4m3 + 1 scale · 4 B
+  CHECK(c.per_token() == 48068);      // (656 + 132) · 61 layers
+}

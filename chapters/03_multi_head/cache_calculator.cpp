@@ -165,4 +165,10 @@ double reduction(double ours, double theirs) {
   return 1.0 - ours / theirs;
 }
 
+V32CacheBytes v32_cache_bytes(std::size_t d_c, std::size_t d_r, std::size_t index_head_dim,
+                              std::size_t layers) {
+  const auto scales = [](std::size_t n) { return 4 * ((n + 127) / 128); };  // float per 128
+  return {d_c + scales(d_c) + 2 * d_r, index_head_dim + scales(index_head_dim), layers};
+}
+
 }  // namespace mla::ch03

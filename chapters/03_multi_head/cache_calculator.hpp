@@ -88,6 +88,21 @@ struct CacheCost {
 /// The cache of model `m` at `bits` per number (16 for bf16/fp16).
 CacheCost cache_cost(const ModelShape& m, double bits = 16);
 
+/// DeepSeek-V3.2's deployed cache, in bytes: per token and layer, the FP8 latent (d_c e4m3 codes,
+/// one float scale per 128 of them, the rope key in bf16) and the FP8 indexer key of chapter 9
+/// (index_head_dim e4m3 codes, one float scale per 128).
+struct V32CacheBytes {
+  std::size_t latent_per_layer = 0;   ///< d_c + 4·ceil(d_c/128) + 2·d_r: 656 at 512 + 64
+  std::size_t indexer_per_layer = 0;  ///< DI + 4·ceil(DI/128): 132 at DI = 128
+  std::size_t layers = 0;             ///< 61 in V3.2
+  /// Both caches, all layers: (656 + 132) · 61 = 48,068 bytes per token in V3.2.
+  std::size_t per_token() const { return (latent_per_layer + indexer_per_layer) * layers; }
+};
+
+/// V3.2's cache for the given sizes (defaults: V3.2's own).
+V32CacheBytes v32_cache_bytes(std::size_t d_c = 512, std::size_t d_r = 64,
+                              std::size_t index_head_dim = 128, std::size_t layers = 61);
+
 /// The DeepSeek-V2 paper's Table 1, "KV cache per token (# element)":
 /// MHA \f$2 n_h d_h l\f$, GQA \f$2 n_g d_h l\f$, MQA \f$2 d_h l\f$, MLA \f$(d_c + d_h^R) l\f$.
 /// @param n_g key/value groups (used by GQA only)

@@ -3,9 +3,13 @@
 // Exit code 0: every path matches within the tolerance; 1: some path does not; 2: unusable input.
 //
 // It lives in chapters/tools/ because it checks every chapter's paths at once: chapter 6's naive
-// and absorbed layers and chapter 7's optimized cores. A chapter never includes a later one, so a
+// and absorbed layers, chapter 7's optimized cores, and chapter 9's sparse (DSA) layers. A DSA
+// case (a config with index_topk, data/golden/dsa/) runs every MLA path against its dense output
+// and every DSA path, with the exact and the FP8 indexer, against its sparse outputs, selected
+// index sets and index scores. A chapter never includes a later one, so a
 // program that needs them all sits above them (chapters/tools/CMakeLists.txt).
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 #include <set>
@@ -16,6 +20,8 @@
 
 #include "06_decoupled_rope/verify.hpp"
 #include "07_optimized_mla/fast_latent_attention.hpp"
+#include "09_sparse_attention/dsa_verify.hpp"
+#include "mla/json.hpp"
 #include "mla/program.hpp"
 #include "mla/table.hpp"
 
@@ -30,6 +36,15 @@ std::vector<MlaPath> available_paths() {
   std::vector<MlaPath> paths = builtin_paths();
   for (MlaPath& p : mla::ch07::optimized_paths()) paths.push_back(std::move(p));
   return paths;
+}
+
+// Chapter 9's paths: the DSA layer on its sparse attention cores.
+std::vector<mla::ch09::DsaPath> available_dsa_paths() {
+  return mla::ch09::dsa_paths();
+}
+
+bool is_dsa_case(const CaseFiles& files) {
+  return mla::ch09::is_dsa_config(mla::load_json_file(files.config));
 }
 
 }  // namespace
@@ -75,8 +90,12 @@ int main(int argc, char** argv) {
     std::optional<std::size_t> layer;
     if (layer_arg >= 0) layer = static_cast<std::size_t>(layer_arg);
     std::vector<MlaPath> paths = available_paths();
+    std::vector<mla::ch09::DsaPath> dsa_paths = available_dsa_paths();
     if (list) {
       for (const MlaPath& p : paths) std::cout << p.name << "  " << p.description << "\n";
+      for (const auto& p : dsa_paths) {
+        std::cout << p.name << "  " << p.description << " (DSA cases)\n";
+      }
       return 0;
     }
     if (!only.empty()) {
@@ -85,12 +104,18 @@ int main(int argc, char** argv) {
       for (const MlaPath& p : paths) {
         if (wanted.count(p.name)) chosen.push_back(p);
       }
+      std::vector<mla::ch09::DsaPath> chosen_dsa;
+      for (const auto& p : dsa_paths) {
+        if (wanted.count(p.name)) chosen_dsa.push_back(p);
+      }
       for (const std::string& w : wanted) {
         bool known = false;
         for (const MlaPath& p : paths) known = known || p.name == w;
+        for (const auto& p : dsa_paths) known = known || p.name == w;
         if (!known) throw mla::InputError("--path: no path named '" + w + "' (see --list-paths)");
       }
       paths = chosen;
+      dsa_paths = chosen_dsa;
     }
 
     std::vector<CaseFiles> cases;
@@ -106,13 +131,24 @@ int main(int argc, char** argv) {
       cases.push_back(c);
     } else {
       cases = find_golden_cases(mla::data_dir() + "/golden");
+      // Chapter 9's DSA cases live in their own folder (they hold more than an MLA case).
+      const std::string dsa_dir = mla::data_dir() + "/golden/dsa";
+      if (std::filesystem::is_directory(dsa_dir)) {
+        for (const CaseFiles& c : find_golden_cases(dsa_dir)) cases.push_back(c);
+      }
     }
 
     mla::Table table({"case", "path", "phase", "tokens", "max abs err", "max rel err", "tolerance",
                       "ms", "result"});
-    std::size_t failed = 0, rows = 0;
+    mla::Table dsa_table({"case", "path", "indexer", "phase", "tokens", "max abs err", "index sets",
+                          "score err", "tolerance", "ms", "result"});
+    std::size_t failed = 0, rows = 0, dsa_rows = 0;
     for (const CaseFiles& files : cases) {
-      const GoldenCase c = load_golden_case(files.config, files.weights, layer);
+      std::optional<mla::ch09::DsaCase> dsa;
+      if (is_dsa_case(files)) dsa = mla::ch09::load_dsa_case(files.config, files.weights, layer);
+      // A DSA case checks the MLA paths on its dense output (index_topk = infinity).
+      const GoldenCase c =
+          dsa ? mla::ch09::dense_case(*dsa) : load_golden_case(files.config, files.weights, layer);
       // The layer is defined up to the config's context (RoPE/YaRN): refuse test inputs beyond it.
       const std::size_t tokens = c.prefill_input.shape(1) + c.decode_input.shape(1);
       if (c.config.max_position_embeddings > 0 && tokens > c.config.max_position_embeddings) {
@@ -143,9 +179,28 @@ int main(int argc, char** argv) {
                    mla::fixed(1e3 * r.seconds, 2),
                    r.pass ? "ok" : (r.cmp.finite ? "FAIL" : "FAIL (non-finite)")});
       }
+      if (!dsa) continue;
+      std::cout << "  DSA: index_n_heads " << dsa->config.index_n_heads << ", index_head_dim "
+                << dsa->config.index_head_dim << ", index_topk " << dsa->config.index_topk << "\n";
+      for (const auto& r : mla::ch09::verify_dsa_case(*dsa, dsa_paths, tolerance)) {
+        ++rows;
+        ++dsa_rows;
+        failed += r.pass ? 0 : 1;
+        dsa_table.add({r.case_name, r.path, r.variant, r.phase, std::to_string(r.tokens),
+                       mla::num(r.cmp.max_abs, 3),
+                       std::to_string(r.index_rows_ok) + "/" + std::to_string(r.index_rows),
+                       mla::num(r.score_err, 2) + " <= " + mla::num(r.score_tolerance, 1),
+                       mla::num(r.tolerance, 2), mla::fixed(1e3 * r.seconds, 2),
+                       r.pass ? "ok" : (r.cmp.finite ? "FAIL" : "FAIL (non-finite)")});
+      }
     }
     std::cout << "\n";
     table.print(std::cout);
+    if (dsa_rows > 0) {
+      std::cout << "\nDeepSeek Sparse Attention (chapter 9): outputs, selected index sets (as sets "
+                   "per query) and index scores (error relative to each query's largest):\n\n";
+      dsa_table.print(std::cout);
+    }
     if (failed == 0) {
       std::cout << "\nAll " << rows << " results within their tolerance of the reference ("
                 << mla::num(tolerance, 3) << ", or what a lossy path states).\n";

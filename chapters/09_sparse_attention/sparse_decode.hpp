@@ -1,0 +1,55 @@
+/// @file sparse_decode.hpp
+/// @brief The optimized sparse decode step: chapter 7's head-blocked, threaded kernel
+///        (ch07::mla_decode_best) over a tile gathered from the selected cache rows, and the
+///        indexer's scores as one GEMM. What `dsa_bench` times.
+///
+/// One decode step of DSA for one sequence with T cached tokens:
+///
+///     indexer   S (T, HI) = K_I · Q_Iᵀ   (one sgemm), I_t = Σ_h c_h ReLU(S[t,h])   ~2·HI·DI·T
+///     FLOPs top-k     the k = min(index_topk, T) largest I_t                         ~T
+///     comparisons attention gather k rows [c_kv | k_rope] into a LatentCache, chapter 7's kernel
+///     on it
+///                                                                   ~2·H·k·(2 d_c + d_r) FLOPs
+///
+/// Dense MLA costs 2·H·T·(2 d_c + d_r) FLOPs; the indexer 2·HI·DI·T: at V3.2's sizes (H = 128,
+/// d_c 512 + 64, HI = 64, DI = 128) that is 16,384 / 204,800 = 8% of dense per cached token.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "06_decoupled_rope/latent_attention.hpp"
+#include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "07_optimized_mla/latent_cache.hpp"
+#include "09_sparse_attention/sparse_attention.hpp"
+
+namespace mla::ch09 {
+
+/// @addtogroup ch09
+/// @{
+
+/// Sparse decode of ONE sequence with chapter 7's machinery: the rows `idx` names (k entries, -1
+/// unused; checked with check_indices against `visible`) of an F32 `cache` are copied into
+/// `scratch` (cleared first, same d_c and d_r), then ch07::mla_decode_best runs on it. `a` holds
+/// the query (batch 1). Rows not listed are never read.
+void sparse_decode_gathered(const ch07::LatentCache& cache, const std::int32_t* idx, std::size_t k,
+                            std::size_t visible, const ch07::DecodeArgs& a,
+                            ch07::LatentCache& scratch);
+
+/// Exact index scores of one query against T keys with one GEMM: K (T, DI) row-major, Q (HI, DI)
+/// the query's heads, coef (HI) = w_h · DI^-0.5; work (T, HI) is scratch. out (T) = Σ_h coef_h ·
+/// ReLU(K_t · Q_h).
+void indexer_scores_gemm(const Mat& K, const Mat& Q, const float* coef, Mat& work, float* out);
+
+/// Top-k for long rows: nth_element then a sort of the k kept (descending score, ties: lower
+/// position first). Same result as select_topk, O(T + k log k).
+void select_topk_fast(const float* scores, std::size_t visible, std::size_t topk,
+                      std::int32_t* out);
+
+/// A DSA core (SparseCoreFactory) on chapter 7's tiled F32 cache and kernel: "dsa_fast".
+SparseCoreFactory fast_sparse_cores(int threads = 0);
+
+/// @}
+
+}  // namespace mla::ch09
