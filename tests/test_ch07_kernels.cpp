@@ -96,7 +96,8 @@ TEST_CASE("every MLA decode version equals v1 on odd and DeepSeek shapes, 1 and 
     const MlaInputs in = MlaInputs::random(p, 7);
     const std::vector<float> ref = reference(in);
     for (const Kernel& k : kernels()) {
-      if (k.mha || k.name == "v1" || k.dtype == CacheType::BF16) continue;
+      if (k.mha || k.name == "v1" || k.dtype != CacheType::F32)
+        continue;  // lossy caches: own tests
       for (int threads : {1, 2}) {
         INFO(k.name << " on " << describe(p) << ", " << threads << " thread(s)");
         std::vector<float> out(ref.size(), std::numeric_limits<float>::quiet_NaN());
@@ -398,19 +399,23 @@ TEST_CASE("chapter 6's absorbed layer on chapter 7's paths equals it on the refe
   auto w = std::make_shared<const ch06::MlaWeights>(ch06::random_mla_weights(cfg, rng));
   ch06::AbsorbedMla ref(cfg, w, 2);
   const auto paths = optimized_paths(2);
-  REQUIRE(paths.size() == 2);
+  REQUIRE(paths.size() == 3);
   REQUIRE(paths[0].name == "fast");
   REQUIRE(paths[1].name == "fast_bf16");
+  REQUIRE(paths[2].name == "fast_fp8");
   auto fast = paths[0].make(cfg, w, 2);
   auto half = paths[1].make(cfg, w, 2);
+  auto quarter = paths[2].make(cfg, w, 2);
   for (std::size_t S : {5u, 1u, 1u, 1u}) {
     Tensor3 x = xt::empty<float>({std::size_t{2}, S, std::size_t{64}});
     for (auto& v : x) v = rng.normal();
-    const Tensor3 y_ref = ref.forward(x), y_fast = fast->forward(x), y_half = half->forward(x);
+    const Tensor3 y_ref = ref.forward(x), y_fast = fast->forward(x), y_half = half->forward(x),
+                  y_fp8 = quarter->forward(x);
     INFO(S << " tokens up to position " << ref.position() << ": fast "
            << compare(y_fast, y_ref).describe() << "; bf16 " << compare(y_half, y_ref).describe());
     CHECK(allclose(y_fast, y_ref, kAtol, kRtol));
     CHECK(allclose(y_half, y_ref, kBf16Atol, kBf16Rtol));
+    CHECK(allclose(y_fp8, y_ref, kFp8Atol, kFp8Rtol));
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -95,14 +96,18 @@ void LatentCache::append_fp8(const float* c, const float* r, unsigned char* dst)
   for (std::size_t j = 0; j < fp8_scales(); ++j) {
     const std::size_t k0 = j * fp8_tile_, k1 = std::min(d_c_, k0 + fp8_tile_);
     float amax = 0.0f;
+    bool finite = true;
     for (std::size_t k = k0; k < k1; ++k) {
-      if (!std::isfinite(c[k])) {
-        throw std::invalid_argument(
-            "LatentCache: an FP8 cache cannot hold the non-finite latent "
-            "number " +
-            std::to_string(c[k]) + " (index " + std::to_string(k) + ")");
-      }
+      finite = finite && std::isfinite(c[k]);
       amax = std::max(amax, std::fabs(c[k]));
+    }
+    if (!finite) {
+      // e4m3fn has no infinity, and a NaN would poison the scale anyway: the whole tile reads
+      // back as NaN (codes 0, scale NaN), which the scores carry to the outputs as a NaN or
+      // infinity in an fp32 cache would (the NaN/Inf policy: inputs propagate, never hidden).
+      scales[j] = std::numeric_limits<float>::quiet_NaN();
+      for (std::size_t k = k0; k < k1; ++k) dst[k] = 0;
+      continue;
     }
     // 2^ceil(log2(amax / 448)), from the exponent alone: amax/448 = f · 2^e with f in [0.5, 1)
     // is at most 2^e, and exactly 2^(e-1) when f = 0.5. A tile of zeros keeps scale 1 (any

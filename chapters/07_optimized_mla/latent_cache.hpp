@@ -81,8 +81,8 @@ class LatentCache {
 
   /// Append n tokens: c_kv (n, d_c), k_rope (n, d_r), row-major; bf16 caches round to nearest,
   /// FP8 caches quantize the latent per scale tile (round to nearest even) and round the rope
-  /// key to bf16. Non-finite latent numbers are refused for FP8 (std::invalid_argument): e4m3fn
-  /// has no infinity, and one NaN would poison its tile's scale.
+  /// key to bf16. A non-finite latent number makes its whole FP8 scale tile read back as NaN
+  /// (e4m3fn has no infinity): it propagates to the outputs, as in an fp32 cache.
   void append(const float* c_kv, const float* k_rope, std::size_t n);
   /// Append n tokens given as rows (n, d_c + d_r) = [c_kv | k_rope].
   void append_rows(const float* rows, std::size_t n);

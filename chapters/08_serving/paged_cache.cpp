@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "07_optimized_mla/kernels/mla_decode.hpp"  // dot_simd
+#include "07_optimized_mla/kernels/flash_decoding.hpp"  // dot_simd
 #include "mla/errors.hpp"
 
 namespace mla::ch08 {
