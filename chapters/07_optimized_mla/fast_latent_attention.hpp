@@ -33,7 +33,9 @@ std::unique_ptr<ch06::LatentAttention> make_bf16_latent_attention(std::size_t he
 /// of `type` (mla_decode_best picks v5, v6 or v7 for it), split over `threads` threads (0 =
 /// every hardware thread); the two below are its F32 and BF16 cases.
 ch06::LatentAttentionFactory latent_attention_factory(CacheType type, int threads = 0);
+/// latent_attention_factory on an fp32 cache (v5).
 ch06::LatentAttentionFactory fast_latent_attention_factory(int threads = 0);
+/// latent_attention_factory on a bf16 cache (v6).
 ch06::LatentAttentionFactory bf16_latent_attention_factory(int threads = 0);
 
 /// Chapter 7's paths for mla_verify, absorbed layers on these cores: "fast" (fp32 cache, v5),
