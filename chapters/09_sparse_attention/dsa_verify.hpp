@@ -22,7 +22,8 @@ namespace mla::ch09 {
 
 /// Expected results of one indexer variant (exact or FP8).
 struct DsaExpected {
-  Tensor3 prefill_output, decode_output;   ///< (B, S, d_model), (B, N, d_model)
+  Tensor3 prefill_output;                  ///< (B, S, d_model)
+  Tensor3 decode_output;                   ///< (B, N, d_model)
   std::vector<std::int32_t> prefill_topk;  ///< (B, S, index_topk), -1 padded
   std::vector<std::int32_t> decode_topk;   ///< (B, N, index_topk)
   Tensor3 prefill_scores;                  ///< (B, S, S), 0 after each query
@@ -31,13 +32,16 @@ struct DsaExpected {
 
 /// One DSA case, loaded and checked.
 struct DsaCase {
-  std::string name;
-  DsaConfig config;
-  std::size_t layer = 0;
-  std::shared_ptr<const DsaWeights> weights;
-  Tensor3 prefill_input, decode_input;
-  DsaExpected exact, fp8;
-  Tensor3 prefill_dense, decode_dense;  ///< plain MLA (index_topk = infinity)
+  std::string name;                           ///< the weights file's stem
+  DsaConfig config;                           ///< the validated DSA config
+  std::size_t layer = 0;                      ///< the checkpoint layer the weights come from
+  std::shared_ptr<const DsaWeights> weights;  ///< that layer's MLA and indexer weights
+  Tensor3 prefill_input;                      ///< (B, S, d_model)
+  Tensor3 decode_input;                       ///< (B, N, d_model), one token per decode call
+  DsaExpected exact;                          ///< expected results with the exact indexer
+  DsaExpected fp8;                            ///< expected results with the FP8 indexer
+  Tensor3 prefill_dense;  ///< (B, S, d_model), plain MLA (index_topk = infinity)
+  Tensor3 decode_dense;   ///< (B, N, d_model), plain MLA (index_topk = infinity)
 };
 
 /// Load a case: the config (DsaConfig, validated), layer N's MLA and indexer weights, and every
@@ -52,9 +56,10 @@ ch06::GoldenCase dense_case(const DsaCase& c);
 
 /// A named way of computing the sparse attention of a DSA layer.
 struct DsaPath {
-  std::string name, description;
-  SparseCoreFactory cores;
-  double min_tolerance = 0.0;
+  std::string name;            ///< "dsa", "dsa_masked" or "dsa_fast"
+  std::string description;     ///< one line for the verification table
+  SparseCoreFactory cores;     ///< makes the layer's sparse attention cores
+  double min_tolerance = 0.0;  ///< the output tolerance never goes below this
 };
 
 /// This chapter's paths: "dsa" (gathered, reference loops), "dsa_masked" (dense scores + index
@@ -63,21 +68,26 @@ std::vector<DsaPath> dsa_paths();
 
 /// One row of the DSA verification table.
 struct DsaVerifyRow {
-  std::string case_name, path, variant, phase;  ///< variant: "exact" or "fp8"
-  std::size_t tokens = 0;
+  std::string case_name;          ///< DsaCase::name
+  std::string path;               ///< DsaPath::name
+  std::string variant;            ///< "exact" or "fp8"
+  std::string phase;              ///< "prefill" or "decode"
+  std::size_t tokens = 0;         ///< tokens per sequence in this phase (S or N)
   Comparison cmp;                 ///< output against the expected output
   std::size_t index_rows = 0;     ///< query rows whose index sets were compared
   std::size_t index_rows_ok = 0;  ///< rows whose set equals the expected set
   double score_err = 0;           ///< max |score - expected| / (the row's largest |expected score|)
-  double score_tolerance = 0;
-  double tolerance = 0;
-  double seconds = 0;
-  bool pass = false;
+  double score_tolerance = 0;     ///< kExactScoreTol or kFp8ScoreTol
+  double tolerance = 0;           ///< output tolerance: max(requested, DsaPath::min_tolerance)
+  double seconds = 0;             ///< wall time of the path's prefill and decode run
+  bool pass = false;              ///< output, index sets and scores all within tolerance
 };
 
 /// Index scores are compared relative to each row's largest |score|: 1e-4 for the exact indexer
 /// (float32 noise is ~1e-6), 1e-2 for FP8 (a few elements may round the other way, README §5).
-inline constexpr double kExactScoreTol = 1e-4, kFp8ScoreTol = 1e-2;
+inline constexpr double kExactScoreTol = 1e-4;
+/// Relative index score tolerance of the FP8 indexer (see kExactScoreTol).
+inline constexpr double kFp8ScoreTol = 1e-2;
 
 /// Run `c` through every path with both indexer variants.
 std::vector<DsaVerifyRow> verify_dsa_case(const DsaCase& c, const std::vector<DsaPath>& paths,

@@ -130,12 +130,13 @@ struct IndexerOptions {
 /// DI + 4·DI/128 bytes per token, 132 at DI = 128).
 class IndexerKeyCache {
  public:
+  /// An empty cache of DI-wide keys, stored as floats or (fp8) as e4m3 codes and scales.
   IndexerKeyCache(std::size_t DI, bool fp8);
   /// Append n keys kI (n, DI), already rotated (RoPE, Hadamard); FP8 caches quantize them.
   void append(const float* k, std::size_t n);
-  std::size_t size() const { return size_; }  ///< tokens cached
-  std::size_t dim() const { return DI_; }     ///< DI
-  bool fp8() const { return fp8_; }
+  std::size_t size() const { return size_; }    ///< tokens cached
+  std::size_t dim() const { return DI_; }       ///< DI
+  bool fp8() const { return fp8_; }             ///< FP8 (e4m3) storage
   std::size_t block() const { return block_; }  ///< numbers per FP8 scale
   /// Bytes per cached token: 4·DI (exact) or DI + 4·ceil(DI/block) (FP8).
   std::size_t bytes_per_token() const;
@@ -143,7 +144,7 @@ class IndexerKeyCache {
   const float* keys() const { return keys_.data(); }
   /// FP8 cache: (size(), DI) e4m3 codes and (size(), DI/block) scales.
   const std::uint8_t* codes() const { return codes_.data(); }
-  const float* scales() const { return scales_.data(); }
+  const float* scales() const { return scales_.data(); }  ///< (size(), DI/block) FP8 scales
   /// Key t dequantized (FP8) or as stored, into out (DI).
   void key(std::size_t t, float* out) const;
 
@@ -158,7 +159,9 @@ class IndexerKeyCache {
 
 /// The indexer's queries and head weights of one call (N = B·S tokens), ready to score.
 struct IndexerQueries {
-  std::size_t N = 0, HI = 0, DI = 0;
+  std::size_t N = 0;           ///< query tokens (B·S)
+  std::size_t HI = 0;          ///< indexer heads
+  std::size_t DI = 0;          ///< indexer head dim
   std::vector<float> q;        ///< (N, HI, DI) rotated (and dequantized, FP8) queries
   std::vector<float> w;        ///< (N, HI) head weights w·HI^-0.5 (signed)
   std::vector<float> q_code;   ///< FP8: (N, HI, DI) e4m3 values as floats (exact in float)
@@ -181,8 +184,8 @@ class Indexer {
   void scores(const IndexerQueries& q, std::size_t n, std::size_t b, std::size_t visible,
               float* out) const;
 
-  const IndexerKeyCache& cache(std::size_t b) const { return caches_[b]; }
-  const IndexerOptions& options() const { return opt_; }
+  const IndexerKeyCache& cache(std::size_t b) const { return caches_[b]; }  ///< sequence b's keys
+  const IndexerOptions& options() const { return opt_; }  ///< exact or FP8, RoPE layout
   /// The unrotated, un-normalised pieces, for the tests: qr (N, q_lora_rank) of h.
   Mat query_latent(const Mat& h) const;
 

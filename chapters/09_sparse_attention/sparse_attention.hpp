@@ -33,16 +33,18 @@ namespace mla::ch09 {
 struct LatentRows {
   const float* c = nullptr;   ///< (rows, d_c) normalized latents
   const float* kr = nullptr;  ///< (rows, d_r) rotated rope keys
-  std::size_t rows = 0, d_c = 0, d_r = 0;
+  std::size_t rows = 0;       ///< tokens in the cache
+  std::size_t d_c = 0;        ///< latent width
+  std::size_t d_r = 0;        ///< rope key width
 };
 
 /// One query's heads: q_lat (H, d_c), q_rope (H, d_r), out (H, d_c).
 struct SparseQuery {
-  std::size_t heads = 0;
-  const float* q_lat = nullptr;
-  const float* q_rope = nullptr;
-  float scale = 1.0f;
-  float* out = nullptr;
+  std::size_t heads = 0;          ///< H
+  const float* q_lat = nullptr;   ///< (H, d_c) absorbed latent queries
+  const float* q_rope = nullptr;  ///< (H, d_r) rotated rope queries
+  float scale = 1.0f;             ///< softmax scale applied to the scores
+  float* out = nullptr;           ///< (H, d_c) attention output, written
 };
 
 /// Refuse an index list that a kernel must not read: an entry below -1 or >= `visible`, or a
@@ -65,8 +67,10 @@ enum class SparseForm { Gathered, Masked };
 /// The index lists of the current call, shared by the layer (which writes them) and its
 /// sequences' attention cores (which read them): per sequence (S, topk), -1 padded.
 struct Selection {
-  std::size_t S = 0, topk = 0;
+  std::size_t S = 0;                               ///< queries per sequence in this call
+  std::size_t topk = 0;                            ///< entries per index list
   std::vector<std::vector<std::int32_t>> indices;  ///< B entries of (S, topk)
+  /// The index list (topk) of query s of sequence b.
   const std::int32_t* row(std::size_t b, std::size_t s) const {
     return indices[b].data() + s * topk;
   }
@@ -88,8 +92,8 @@ SparseCoreFactory reference_sparse_cores(SparseForm form);
 
 /// A DSA layer's weights: MLA's (chapter 6) and the indexer's.
 struct DsaWeights {
-  std::shared_ptr<const ch06::MlaWeights> mla;
-  DsaIndexerWeights indexer;
+  std::shared_ptr<const ch06::MlaWeights> mla;  ///< chapter 6's MLA weights
+  DsaIndexerWeights indexer;                    ///< the lightning indexer's weights
 };
 
 /// Load layer `layer` of a checkpoint: MLA's weights (ch06::load_mla_weights) and the indexer's.
@@ -112,6 +116,7 @@ struct DsaOptions {
 /// LatentAttention cores are sparse ones reading the selection).
 class DsaLayer {
  public:
+  /// A layer over `batch` sequences with empty caches; `opt.cores` must be set.
   DsaLayer(const DsaConfig& cfg, std::shared_ptr<const DsaWeights> w, std::size_t batch,
            DsaOptions opt = {});
 
@@ -119,9 +124,9 @@ class DsaLayer {
   Tensor3 forward(const Tensor3& x);
 
   std::size_t position() const { return mla_->position(); }  ///< tokens cached per sequence
-  std::size_t batch() const { return batch_; }
-  const DsaConfig& config() const { return cfg_; }
-  const Indexer& indexer() const { return indexer_; }
+  std::size_t batch() const { return batch_; }               ///< B
+  const DsaConfig& config() const { return cfg_; }           ///< the layer's config
+  const Indexer& indexer() const { return indexer_; }        ///< the layer's indexer and key caches
   /// The last call's index lists: (B, S, index_topk), -1 padded.
   const Selection& selection() const { return *selection_; }
   /// The last call's index scores: per sequence (S, start + S), 0 after each query's position.
