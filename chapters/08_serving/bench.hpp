@@ -18,22 +18,28 @@ namespace mla::ch08 {
 
 /// The experiment's sizes.
 struct BenchOptions {
-  double budget_gib = 1.0;     ///< KV budget
-  std::size_t context = 2048;  ///< tokens cached per sequence
-  std::size_t d_model = 2048;  ///< V2-Lite's hidden size
-  std::size_t layers = 2;      ///< depth: small, so a run takes minutes on 2 cores
-  std::size_t intermediate = 4096;
-  std::size_t steps = 3;  ///< timed decode steps at each batch
-  int threads = 2;
-  bool sweep = true;  ///< also throughput against batch size
+  double budget_gib = 1.0;          ///< KV budget
+  std::size_t context = 2048;       ///< tokens cached per sequence
+  std::size_t d_model = 2048;       ///< V2-Lite's hidden size
+  std::size_t layers = 2;           ///< depth: small, so a run takes minutes on 2 cores
+  std::size_t intermediate = 4096;  ///< I: the MLP's width
+  std::size_t steps = 3;            ///< timed decode steps at each batch
+  int threads = 2;                  ///< worker threads
+  bool sweep = true;                ///< also throughput against batch size
 };
 
 /// One variant's result at one batch size.
 struct BenchRow {
-  std::string variant, dtype;
+  std::string variant;                    ///< "mha", "gqa8", "gqa4" or "mla"
+  std::string dtype;                      ///< the cache's element type: "f32" or "bf16"
   std::size_t cache_bytes_per_token = 0;  ///< all layers
-  std::size_t budget_bytes = 0, context = 0, max_sequences = 0, batch = 0;
-  double tokens_per_s = 0, ms_per_step = 0, predicted_ms_per_step = 0;
+  std::size_t budget_bytes = 0;           ///< KV budget
+  std::size_t context = 0;                ///< tokens cached per sequence
+  std::size_t max_sequences = 0;          ///< sequences of `context` tokens the budget holds
+  std::size_t batch = 0;                  ///< sequences decoded per step
+  double tokens_per_s = 0;                ///< measured decode throughput
+  double ms_per_step = 0;                 ///< measured time of one decode step
+  double predicted_ms_per_step = 0;       ///< predict_step_seconds(), in ms
 };
 
 /// The step-time model: weights read once per step and their FLOPs for B rows, every

@@ -37,10 +37,11 @@ Mat output_logits(const Model& m, const Mat& h);
 /// θ^(-2i/d) — not DeepSeek's interleaved pairs (chapter 6's Rope), whose angles it reuses.
 class HalfRope {
  public:
+  /// Frequencies for heads of `head_dim` floats (even) and base `theta`.
   HalfRope(std::size_t head_dim, double theta);
   /// Rotate `count` heads of dim() floats, `stride` apart, to position `pos`.
   void rotate(float* x, std::size_t count, std::size_t stride, std::size_t pos) const;
-  std::size_t dim() const { return rope_.dim(); }
+  std::size_t dim() const { return rope_.dim(); }  ///< d_h: floats per head
 
  private:
   ch06::Rope rope_;
@@ -77,7 +78,7 @@ class Decoder {
   Mat forward(const std::vector<int>& tokens);
   /// Tokens seen so far.
   std::size_t position() const { return position_; }
-  const Model& model() const { return *m_; }
+  const Model& model() const { return *m_; }  ///< the model it runs
 
  private:
   std::shared_ptr<const Model> m_;

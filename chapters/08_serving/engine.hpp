@@ -22,8 +22,8 @@ namespace mla::ch08 {
 /// One sequence's share of a step: the tokens to feed it (decode: one; a prefill chunk: many).
 /// Its pages must already hold room: seq->reserve(seq->length() + tokens.size()).
 struct StepItem {
-  PagedSequence* seq = nullptr;
-  std::vector<int> tokens;
+  PagedSequence* seq = nullptr;  ///< the sequence, its cache appended to
+  std::vector<int> tokens;       ///< the tokens to feed it, in order (at least one)
 };
 
 /// The batched forward pass over paged caches.
@@ -35,8 +35,8 @@ class Engine {
   /// One step over the items (rows: every item's tokens in order). Appends the tokens to the
   /// sequences' caches. Returns the logits of each item's LAST token: (items, V).
   Mat step(const std::vector<StepItem>& items);
-  const Model& model() const { return *m_; }
-  const PageLayout& layout() const { return layout_; }
+  const Model& model() const { return *m_; }            ///< the model it runs
+  const PageLayout& layout() const { return layout_; }  ///< the caches' paging
 
  private:
   Mat mla_attention(std::size_t l, const Mat& h, const std::vector<PagedSequence*>& row_seq,

@@ -43,10 +43,10 @@ enum class AttentionKind { MLA, GQA };
 
 /// The attention fields of a Llama-style config.json (q_proj/k_proj/v_proj/o_proj).
 struct GqaConfig {
-  std::size_t heads = 0;     ///< num_attention_heads
-  std::size_t kv_heads = 0;  ///< num_key_value_heads (= heads for MHA); divides heads
-  std::size_t head_dim = 0;  ///< head_dim (default hidden_size / heads); even (RoPE pairs)
-  double rope_theta = 10000.0;
+  std::size_t heads = 0;        ///< num_attention_heads
+  std::size_t kv_heads = 0;     ///< num_key_value_heads (= heads for MHA); divides heads
+  std::size_t head_dim = 0;     ///< head_dim (default hidden_size / heads); even (RoPE pairs)
+  double rope_theta = 10000.0;  ///< rope_theta: RoPE's base θ
 };
 
 /// The fields of a config.json this chapter reads (DeepSeek-V2/V3 names; Llama names for GQA).
@@ -57,10 +57,10 @@ struct ModelConfig {
   std::size_t intermediate_size = 0;             ///< I: the SwiGLU MLP's width
   std::size_t num_hidden_layers = 0;             ///< L
   std::size_t max_position_embeddings = 0;       ///< the longest context
-  double rms_norm_eps = 1e-6;
-  std::optional<std::size_t> eos_token_id;  ///< generation stops at it, if set
-  MlaConfig mla;                            ///< the attention of an MLA model
-  GqaConfig gqa;                            ///< the attention of a GQA model
+  double rms_norm_eps = 1e-6;                    ///< RMSNorm's ε
+  std::optional<std::size_t> eos_token_id;       ///< generation stops at it, if set
+  MlaConfig mla;                                 ///< the attention of an MLA model
+  GqaConfig gqa;                                 ///< the attention of a GQA model
 
   /// "mla", "mha" (kv_heads = heads) or "gqa".
   std::string variant() const;
@@ -162,8 +162,8 @@ void for_each_weight(const ModelWeights& w, const ModelConfig& cfg, Fn&& fn) {
 
 /// A model: its config and its weights, shapes checked against each other.
 struct Model {
-  ModelConfig config;
-  ModelWeights weights;
+  ModelConfig config;    ///< its config.json
+  ModelWeights weights;  ///< its tensors, shaped by config
 };
 
 /// The skeleton for_each_weight walks: num_hidden_layers layers, MLA ones with their MlaWeights.
@@ -189,8 +189,9 @@ std::vector<int> encode_bytes(const std::string& text);
 std::string decode_byte(int token);
 
 /// A small config for tests and demonstrations: V = 256, the given sizes, MLA attention shaped
-/// by `mla` (its hidden_size and num_hidden_layers are overwritten), or GQA by `gqa`.
+/// by `mla` (its hidden_size and num_hidden_layers are overwritten).
 ModelConfig make_mla_model_config(std::size_t layers, std::size_t intermediate, MlaConfig mla);
+/// The same with GQA attention shaped by `gqa`: D = `d_model`, a 4096-token context.
 ModelConfig make_gqa_model_config(std::size_t d_model, std::size_t layers, std::size_t intermediate,
                                   GqaConfig gqa);
 

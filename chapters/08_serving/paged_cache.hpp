@@ -32,11 +32,12 @@ inline constexpr std::size_t kBlockTokens = ch07::LatentCache::kTileTokens;
 
 /// How a model's cache is paged.
 struct PageLayout {
-  AttentionKind kind = AttentionKind::MLA;
+  AttentionKind kind = AttentionKind::MLA;      ///< the model's attention
   ch07::CacheType type = ch07::CacheType::F32;  ///< F32 or BF16 (MLA); F32 (GQA)
   std::size_t layers = 0;                       ///< L
   std::size_t page_bytes = 0;                   ///< one layer's 64 tokens
-  std::size_t kv_heads = 0, head_dim = 0;       ///< GQA: the page's K/V blocks
+  std::size_t kv_heads = 0;                     ///< GQA: H_kv, K/V blocks per page
+  std::size_t head_dim = 0;                     ///< GQA: d_h
   /// Bytes of one block: every layer's page.
   std::size_t block_bytes() const { return layers * page_bytes; }
   /// Bytes per cached token, all layers, padding included.
@@ -52,11 +53,11 @@ class BlockPool {
  public:
   /// InputError if the budget cannot hold one block.
   BlockPool(std::size_t block_bytes, std::size_t budget_bytes);
-  std::size_t capacity() const { return in_use_.size(); }   ///< blocks in all
-  std::size_t free_blocks() const { return free_.size(); }  ///< blocks to hand out
-  std::size_t used_blocks() const { return capacity() - free_blocks(); }
-  std::size_t block_bytes() const { return block_bytes_; }
-  std::size_t budget_bytes() const { return budget_; }
+  std::size_t capacity() const { return in_use_.size(); }                 ///< blocks in all
+  std::size_t free_blocks() const { return free_.size(); }                ///< blocks to hand out
+  std::size_t used_blocks() const { return capacity() - free_blocks(); }  ///< blocks handed out
+  std::size_t block_bytes() const { return block_bytes_; }                ///< bytes of one block
+  std::size_t budget_bytes() const { return budget_; }  ///< the budget it was given
   /// A free block's id, or nothing when the pool is empty.
   std::optional<int> allocate();
   /// Give a block back; std::logic_error for one that is not in use.
@@ -85,6 +86,7 @@ class BlockPool {
 /// layer. Its blocks go back to the pool when it is released or destroyed.
 class PagedSequence {
  public:
+  /// An empty sequence drawing blocks from `pool`, paged per `layout` (of `cfg`'s cache).
   PagedSequence(BlockPool& pool, const PageLayout& layout, const ModelConfig& cfg);
   ~PagedSequence() { release(); }
   PagedSequence(const PagedSequence&) = delete;
@@ -101,21 +103,25 @@ class PagedSequence {
   void release();
 
   std::size_t length() const { return length_; }  ///< tokens cached (every layer)
-  std::size_t capacity() const { return table_.size() * kBlockTokens; }
-  const std::vector<int>& block_table() const { return table_; }
-  const PageLayout& layout() const { return layout_; }
+  std::size_t capacity() const { return table_.size() * kBlockTokens; }  ///< tokens reserved
+  const std::vector<int>& block_table() const { return table_; }         ///< block ids, in order
+  const PageLayout& layout() const { return layout_; }                   ///< its paging
 
   /// MLA: layer l's cache, its tiles the pages of this sequence's blocks.
   ch07::LatentCache& latent(std::size_t l) { return latents_[l]; }
+  /// MLA: layer l's cache, read-only.
   const ch07::LatentCache& latent(std::size_t l) const { return latents_[l]; }
   /// GQA: K of KV head h in layer l, block i of the table: (64, d_h); V the same.
   float* k_page(std::size_t l, std::size_t i, std::size_t h);
+  /// GQA: V of KV head h in layer l, block i of the table: (64, d_h), right after its K.
   float* v_page(std::size_t l, std::size_t i, std::size_t h) {
     return k_page(l, i, h) + kBlockTokens * layout_.head_dim;
   }
+  /// GQA: k_page(), read-only: (64, d_h).
   const float* k_page(std::size_t l, std::size_t i, std::size_t h) const {
     return const_cast<PagedSequence*>(this)->k_page(l, i, h);
   }
+  /// GQA: v_page(), read-only: (64, d_h).
   const float* v_page(std::size_t l, std::size_t i, std::size_t h) const {
     return const_cast<PagedSequence*>(this)->v_page(l, i, h);
   }

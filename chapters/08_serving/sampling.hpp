@@ -25,6 +25,7 @@ struct SamplingParams {
 /// A sampler with its own generator (one per request, so requests do not disturb each other).
 class Sampler {
  public:
+  /// Checks `p` (SamplingParams::check()) and seeds the generator with p.seed.
   explicit Sampler(const SamplingParams& p);
   /// The next token from logits (V). Greedy ignores the generator.
   int sample(const float* logits, std::size_t V);

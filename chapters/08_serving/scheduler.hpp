@@ -33,8 +33,8 @@ struct Completion {
   std::vector<int> tokens;        ///< generated, in order
   std::size_t preemptions = 0;    ///< times it was freed and recomputed
   std::size_t admitted_step = 0;  ///< first admission
-  std::size_t finished_step = 0;
-  double seconds = 0;  ///< from admission to its last token
+  std::size_t finished_step = 0;  ///< the step that made its last token
+  double seconds = 0;             ///< from admission to its last token
 };
 
 /// How the scheduler batches.
@@ -45,15 +45,18 @@ struct SchedulerOptions {
 
 /// What a run did.
 struct SchedulerStats {
-  std::size_t steps = 0, preemptions = 0, max_running = 0;
-  std::size_t max_used_blocks = 0;  ///< the most blocks in use at once (<= the pool's capacity)
-  std::size_t tokens_generated = 0;
-  double seconds = 0;
+  std::size_t steps = 0;             ///< engine steps run
+  std::size_t preemptions = 0;       ///< sequences freed to make room (recomputed later)
+  std::size_t max_running = 0;       ///< the most sequences running at once
+  std::size_t max_used_blocks = 0;   ///< the most blocks in use at once (<= the pool's capacity)
+  std::size_t tokens_generated = 0;  ///< new tokens over all requests
+  double seconds = 0;                ///< wall time of the run
 };
 
 /// Runs requests through an Engine on a BlockPool.
 class Scheduler {
  public:
+  /// A scheduler stepping `engine`, its sequences' blocks from `pool` (both outlive it).
   Scheduler(Engine& engine, BlockPool& pool, SchedulerOptions opt = {});
   /// Run every request to completion; completions in the requests' order. InputError before
   /// anything runs for a request that can never fit: an empty prompt, prompt + max_new beyond
@@ -61,7 +64,7 @@ class Scheduler {
   /// sees every token as it is made.
   std::vector<Completion> run(const std::vector<Request>& requests,
                               const std::function<void(std::size_t, int)>& on_token = {});
-  const SchedulerStats& stats() const { return stats_; }
+  const SchedulerStats& stats() const { return stats_; }  ///< the last run's
 
  private:
   Engine* engine_;
