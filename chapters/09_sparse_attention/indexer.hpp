@@ -123,6 +123,11 @@ struct IndexerOptions {
   /// Rotate the indexer's rope part with MLA's interleaved pairs: the bug of the code released
   /// on 2025-09-29. Only for the regression test that shows it changes the scores.
   bool interleaved_rope = false;
+  /// Exact scores by the plain loops of scores_reference (the reference the fast path is tested
+  /// against) instead of indexer_scores_fast.
+  bool reference = false;
+  /// Threads for the exact scores of one query (0: every hardware thread).
+  int threads = 0;
 };
 
 /// The indexer key cache of ONE sequence, beside its latent cache: the rotated kI of every
@@ -180,9 +185,13 @@ class Indexer {
   IndexerQueries project(const Mat& h, std::size_t S, std::size_t start);
 
   /// Index scores of query row `n` (token s of sequence b, n = b·S + s) against cached tokens
-  /// 0..visible-1 of sequence b: out (visible) = Σ_h w_h·DI^-0.5·ReLU(q_h · k_t).
+  /// 0..visible-1 of sequence b: out (visible) = Σ_h w_h·DI^-0.5·ReLU(q_h · k_t). The exact path
+  /// runs indexer_scores_fast (unless options().reference); the FP8 path the reference's loops.
   void scores(const IndexerQueries& q, std::size_t n, std::size_t b, std::size_t visible,
               float* out) const;
+  /// The same scores by plain loops, one dot product at a time: the reference.
+  void scores_reference(const IndexerQueries& q, std::size_t n, std::size_t b, std::size_t visible,
+                        float* out) const;
 
   const IndexerKeyCache& cache(std::size_t b) const { return caches_[b]; }  ///< sequence b's keys
   const IndexerOptions& options() const { return opt_; }  ///< exact or FP8, RoPE layout
@@ -197,6 +206,15 @@ class Indexer {
   ch06::Rope rope_;
   std::vector<IndexerKeyCache> caches_;
 };
+
+/// Exact index scores of one query against T keys, the fast way: K (T, DI) row-major keys, Q
+/// (HI, DI) the query's heads, coef (HI) = w_h · DI^-0.5; out (T) = Σ_h coef_h · ReLU(K_t · Q_h).
+/// Blocks of 2 vectors of keys (32 with AVX-512), transposed into L1 so that each key is a
+/// vector lane: per feature, 2 loads, 4 broadcasts of Q, 8 FMAs (4 heads × 2 key vectors); the
+/// blocks are shared out dynamically over `threads` OpenMP threads (0: every hardware thread).
+/// The sums run in another order than scores_reference's: equal within float rounding.
+void indexer_scores_fast(const float* K, std::size_t T, std::size_t DI, const float* Q,
+                         std::size_t HI, const float* coef, float* out, int threads = 0);
 
 /// Per query row: the `min(topk, visible)` tokens with the largest scores (ties: the lower
 /// position first), written as positions into out (topk), descending score, padded with -1.

@@ -6,8 +6,6 @@
 #include <thread>
 #include <vector>
 
-#include <cblas.h>
-
 namespace mla::ch09 {
 
 void sparse_decode_gathered(const ch07::LatentCache& cache, const std::int32_t* idx, std::size_t k,
@@ -36,27 +34,6 @@ void sparse_decode_gathered(const ch07::LatentCache& cache, const std::int32_t* 
   }
   const ch07::SeqRef seq{&scratch, scratch.size()};
   ch07::mla_decode_best(&seq, a);
-}
-
-void indexer_scores_gemm(const Mat& K, const Mat& Q, const float* coef, Mat& work, float* out) {
-  const std::size_t T = K.shape(0), DI = K.shape(1), HI = Q.shape(0);
-  if (Q.shape(1) != DI) throw std::invalid_argument("indexer_scores_gemm: K and Q widths differ");
-  // Chunks of kChunk keys: (kChunk, DI) · (HI, DI)ᵀ -> (kChunk, HI) stays in L2 while the ReLU and
-  // the head sum read it back (one (T, HI) product would go to DRAM and back).
-  constexpr std::size_t kChunk = 256;
-  work.resize({kChunk, HI});
-  for (std::size_t t0 = 0; t0 < T; t0 += kChunk) {
-    const std::size_t n = std::min(kChunk, T - t0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(HI),
-                static_cast<int>(DI), 1.0f, K.data() + t0 * DI, static_cast<int>(DI), Q.data(),
-                static_cast<int>(DI), 0.0f, work.data(), static_cast<int>(HI));
-    for (std::size_t t = 0; t < n; ++t) {
-      const float* s = work.data() + t * HI;
-      float acc = 0.0f;
-      for (std::size_t h = 0; h < HI; ++h) acc += coef[h] * std::max(s[h], 0.0f);
-      out[t0 + t] = acc;
-    }
-  }
 }
 
 void select_topk_fast(const float* scores, std::size_t visible, std::size_t topk,

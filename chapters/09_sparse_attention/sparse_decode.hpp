@@ -1,12 +1,12 @@
 /// @file sparse_decode.hpp
 /// @brief The optimized sparse decode step: chapter 7's head-blocked, threaded kernel
-///        (ch07::mla_decode_best) over a tile gathered from the selected cache rows, and the
-///        indexer's scores as one GEMM. What `dsa_bench` times.
+///        (ch07::mla_decode_best) over a tile gathered from the selected cache rows, and the fast
+///        top-k. What `dsa_bench` times (with indexer_scores_fast).
 ///
 /// One decode step of DSA for one sequence with T cached tokens:
 ///
-///     indexer   S (T, HI) = K_I · Q_Iᵀ   (one sgemm), I_t = Σ_h c_h ReLU(S[t,h])   ~2·HI·DI·T
-///     FLOPs top-k     the k = min(index_topk, T) largest I_t                         ~T
+///     indexer   S (T, HI) = K_I · Q_Iᵀ   (indexer_scores_fast), I_t = Σ_h c_h ReLU(S[t,h])
+///     ~2·HI·DI·T FLOPs top-k     the k = min(index_topk, T) largest I_t                         ~T
 ///     comparisons attention gather k rows [c_kv | k_rope] into a LatentCache, chapter 7's kernel
 ///     on it
 ///                                                                   ~2·H·k·(2 d_c + d_r) FLOPs
@@ -36,11 +36,6 @@ namespace mla::ch09 {
 void sparse_decode_gathered(const ch07::LatentCache& cache, const std::int32_t* idx, std::size_t k,
                             std::size_t visible, const ch07::DecodeArgs& a,
                             ch07::LatentCache& scratch);
-
-/// Exact index scores of one query against T keys with one GEMM: K (T, DI) row-major, Q (HI, DI)
-/// the query's heads, coef (HI) = w_h · DI^-0.5; work (T, HI) is scratch. out (T) = Σ_h coef_h ·
-/// ReLU(K_t · Q_h).
-void indexer_scores_gemm(const Mat& K, const Mat& Q, const float* coef, Mat& work, float* out);
 
 /// Top-k for long rows: nth_element then a sort of the k kept (descending score, ties: lower
 /// position first). Same result as select_topk, O(T + k log k).
