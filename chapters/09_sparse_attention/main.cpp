@@ -30,8 +30,6 @@
 using namespace mla;
 using namespace mla::ch09;
 
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
 namespace {
 
 // Part 1 records what dense MLA would do beside what the sparse layer does: a core that wraps
@@ -303,9 +301,6 @@ int main(int argc, char** argv) {
   add_seed_option(app, seed);
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
   return run_program("ch09_sparse_attention", [&] {
-    // One BLAS thread: the indexer's GEMMs are split over OpenMP threads already, and OpenBLAS's
-    // own spinning workers would take the cores chapter 7's kernel needs.
-    if (openblas_set_num_threads) openblas_set_num_threads(1);
     if (quick) {
       heads = 16;
       topk = 512;

@@ -3,16 +3,16 @@
 ///        (ch07::mla_decode_best) over a tile gathered from the selected cache rows, and the fast
 ///        top-k. What `dsa_bench` times (with indexer_scores_fast).
 ///
-/// One decode step of DSA for one sequence with T cached tokens:
+/// One decode step of DSA for one sequence with T cached tokens, k = min(index_topk, T):
 ///
-///     indexer   S (T, HI) = K_I · Q_Iᵀ   (indexer_scores_fast), I_t = Σ_h c_h ReLU(S[t,h])
-///     ~2·HI·DI·T FLOPs top-k     the k = min(index_topk, T) largest I_t                         ~T
-///     comparisons attention gather k rows [c_kv | k_rope] into a LatentCache, chapter 7's kernel
-///     on it
-///                                                                   ~2·H·k·(2 d_c + d_r) FLOPs
+///     indexer    I_t = Σ_h c_h ReLU(q_h · k_t) for all T keys (indexer_scores_fast)
+///                ~2·HI·DI·T FLOPs
+///     top-k      the k largest I_t (select_topk_fast)                ~T comparisons
+///     attention  gather the k rows [c_kv | k_rope] into a LatentCache, chapter 7's kernel on it
+///                ~2·H·k·(2 d_c + d_r) FLOPs
 ///
 /// Dense MLA costs 2·H·T·(2 d_c + d_r) FLOPs; the indexer 2·HI·DI·T: at V3.2's sizes (H = 128,
-/// d_c 512 + 64, HI = 64, DI = 128) that is 16,384 / 204,800 = 8% of dense per cached token.
+/// d_c 512 + 64, HI = 64, DI = 128) that is 16,384 / 278,528 = 5.9% of dense per cached token.
 #pragma once
 
 #include <cstddef>

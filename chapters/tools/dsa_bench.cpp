@@ -4,13 +4,15 @@
 //   dsa_bench --dsa --heads 128 --context 32768 --topk 2048 --threads 2 [--json]
 //
 // Rows: "dense_v5" (chapter 7's mla_decode_best over all T cached tokens), then the sparse step's
-// parts: "sparse_indexer" (index scores of the query against all T indexer keys, one GEMM),
-// "sparse_topk" (the k largest), "sparse_attention" (the k selected rows gathered into a tile,
-// chapter 7's kernel on it), and "sparse_step" (the three in a row), with the indexer's share.
+// parts: "sparse_indexer" (index scores of the query against all T indexer keys, through
+// ch09::indexer_scores_fast), "sparse_topk" (the k largest), "sparse_attention" (the k selected
+// rows gathered into a tile, chapter 7's kernel on it), and "sparse_step" (the three in a row),
+// with the indexer's share. Each row: the median and the fastest of its runs.
 //
 // It lives in chapters/tools/ because it times chapter 7's dense kernel and chapter 9's sparse
 // step side by side; mla_bench is chapter 7's program, and chapter 7 cannot include chapter 9.
-// `--dsa` is accepted (and is the only mode) so that the command line of issue 15 works as is.
+// `--dsa` is accepted (and is the only mode) so that a command line written for
+// `mla_bench --dsa` works here as it is.
 #include <algorithm>
 #include <cmath>
 #include <iostream>
@@ -31,11 +33,6 @@
 #include "mla/table.hpp"
 
 using namespace mla;
-
-// OpenBLAS's own worker threads spin after a GEMM and take the cores chapter 7's OpenMP threads
-// need: the indexer's GEMMs run on one BLAS thread (as chapter 7's mla_blas does it, weakly
-// linked so that another BLAS works too).
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
 namespace {
 
@@ -101,7 +98,6 @@ int main(int argc, char** argv) {
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
 
   return run_program("dsa_bench", [&] {
-    if (openblas_set_num_threads) openblas_set_num_threads(1);
     if (o.quick) {
       o.heads = 16;
       o.context = 4096;
