@@ -355,6 +355,19 @@ def export(model, c, variant, out, info):
     return g
 
 
+def drop_log(argv):
+    """argv without --log PATH / --log=PATH."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == "--log":
+            skip = True
+        elif not x.startswith("--log="):
+            out.append(x)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -435,7 +448,8 @@ def main():
         "kv_cache_floats_per_token_per_layer": floats,
         "kv_cache_bytes_per_token_f32": floats * 4 * c["layers"],
         "wall_seconds": round(wall, 1), "torch": torch.__version__, "threads": 1,
-        "command": " ".join(["data/models/train.py"] + sys.argv[1:]),
+        # The command that made the weights (--log only says where the loss log went).
+        "command": " ".join(["data/models/train.py"] + drop_log(sys.argv[1:])),
     }
     torch.save({"state": model.state_dict(), "shape": c, "info": info},
                os.path.join(a.out + ".state.pt") if not a.smoke else os.devnull)
