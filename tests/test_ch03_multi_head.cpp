@@ -364,3 +364,58 @@ TEST_CASE("Cache calculator: DeepSeek-V3.2 caches 656 + 132 bytes per token and 
   CHECK(c.indexer_per_layer == 132);  // 128 e4m3 + 1 scale · 4 B
   CHECK(c.per_token() == 48068);      // (656 + 132) · 61 layers
 }
+
+TEST_CASE("Calculator: DeepSeek-V3's attention weights in BF16 and in block-scaled FP8", "[ch03]") {
+  const ch03::ModelShape v3 = ch03::load_model_shape(config_path("DeepSeek-V3"));
+  REQUIRE(v3.hidden_size == 7168);
+  REQUIRE(v3.q_lora_rank == 1536);
+  const ch03::MlaLayerSizes s = ch03::mla_layer_sizes(v3);
+  const std::vector<ch03::WeightMatrix> w = ch03::mla_layer_matrices(s);
+  REQUIRE(w.size() == 5);
+  // The shapes of the release's layer-0 tensors: [out, in].
+  CHECK((w[0].name == "q_a_proj" && w[0].rows == 1536 && w[0].cols == 7168));
+  CHECK((w[1].name == "q_b_proj" && w[1].rows == 128 * 192 && w[1].cols == 1536));
+  CHECK((w[2].name == "kv_a_proj_with_mqa" && w[2].rows == 576 && w[2].cols == 7168));
+  CHECK((w[3].name == "kv_b_proj" && w[3].rows == 128 * 256 && w[3].cols == 512));
+  CHECK((w[4].name == "o_proj" && w[4].rows == 7168 && w[4].cols == 128 * 128));
+  // kv_a_proj_with_mqa [576, 7168] has a [5, 56] scale: 576 = 4·128 + 64, a partial bottom row
+  // of blocks; 7168 = 56·128 exactly.
+  CHECK(ch03::fp8_scale_blocks(576, 7168) == 5 * 56);
+  CHECK(ch03::fp8_weight_bytes(576, 7168) == 576u * 7168u + 4u * 5u * 56u);
+  CHECK(ch03::fp8_scale_blocks(129, 1) == 2);  // one number past a block is a whole block more
+  CHECK(ch03::fp8_scale_blocks(128, 128) == 1);
+  CHECK(ch03::fp8_scale_blocks(576, 7168, 64, 128) == 9 * 56);  // other block sizes
+  // The layer: Σ rows·cols numbers, 2 bytes each in BF16; 1 byte plus 4 per block in FP8;
+  // the two norms (q_a_layernorm 1536, kv_a_layernorm 512) in BF16 both ways.
+  std::size_t numbers = 0, blocks = 0;
+  for (const auto& m : w) {
+    numbers += m.rows * m.cols;
+    blocks += ((m.rows + 127) / 128) * ((m.cols + 127) / 128);
+  }
+  CHECK(numbers == 187105280);  // 1536·7168 + 24576·1536 + 576·7168 + 32768·512 + 7168·16384
+  CHECK(blocks == 12 * 56 + 192 * 12 + 5 * 56 + 256 * 4 + 56 * 128);
+  const ch03::LayerWeightBytes b = ch03::mla_layer_weight_bytes(s);
+  CHECK(b.numbers == numbers);
+  CHECK(b.bf16 == 2 * numbers + 2 * (1536 + 512));
+  CHECK(b.fp8 == numbers + 4 * blocks + 2 * (1536 + 512));
+  // Without query compression the layer has q_proj [n_h (nope + rope), hidden] instead.
+  ch03::MlaLayerSizes lite = s;
+  lite.q_lora_rank = 0;
+  const auto wl = ch03::mla_layer_matrices(lite);
+  REQUIRE(wl.size() == 4);
+  CHECK((wl[0].name == "q_proj" && wl[0].rows == 128 * 192 && wl[0].cols == 7168));
+  CHECK(ch03::norm_numbers(lite) == 512);
+  // A model that is not MLA has no such layer.
+  CHECK_THROWS_AS(ch03::mla_layer_sizes(ch03::load_model_shape(config_path("Llama-2-7b-hf"))),
+                  mla::InputError);
+}
+
+TEST_CASE("Calculator: the 656-byte FP8 cache row beside the bf16 one, all of V3's layers",
+          "[ch03]") {
+  const ch03::ModelShape v3 = ch03::load_model_shape(config_path("DeepSeek-V3"));
+  const ch03::V32CacheBytes c =
+      ch03::v32_cache_bytes(v3.kv_lora_rank, v3.qk_rope_head_dim, 128, v3.layers);
+  CHECK(c.latent_per_layer == 512 + 4 * 4 + 2 * 64);
+  CHECK(c.latent_per_layer * c.layers == 656 * 61);                         // 40,016 B per token
+  CHECK(2 * (v3.kv_lora_rank + v3.qk_rope_head_dim) * v3.layers == 70272);  // bf16
+}

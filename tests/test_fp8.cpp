@@ -570,3 +570,32 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
     }
   }
 }
+
+#include "07_optimized_mla/optimized_mla.hpp"
+#include "mla/bench.hpp"
+
+TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound (one run)",
+          "[ch07][fp8][speed]") {
+#ifdef MLA_SANITIZE
+  // Instrumentation slows the two kernels by different factors: the release build asserts it.
+  return;
+#endif
+  using namespace mla::ch07;
+  // One head, 65,536 tokens: 43 MB of FP8 rows against 75 MB of bf16 ones, ~3 FLOP per byte
+  // read, far below the machine balance (~15 FLOP/byte here): the bytes should set the time, and
+  // the FP8 cache reads 656/1152 = 0.57 of them. The goal (issue 12) is 1.5x; the fused per-head
+  // path measures 0.9-1.3x on a shared 2-core AVX-512 EPYC (the dequantizing copy it replaced:
+  // 0.4-0.9x), so what this asserts is a floor with a wide margin, not the goal.
+  // One thread: on a shared machine a second thread may not get a core.
+  mla::ch07::MlaProblem p;
+  p.batch = 1;
+  p.heads = 1;
+  p.context = 65536;
+  const MlaInputs in = MlaInputs::random(p, 29);
+  std::vector<float> a(p.heads * p.d_c), b(a.size());
+  const double ratio =
+      mla::speedup([&] { mla_decode_v6(in.seqs_bf16.data(), in.args(a.data(), 1)); },
+                   [&] { mla_decode_v7(in.seqs_fp8.data(), in.args(b.data(), 1)); }, 9);
+  INFO("v7 (fp8) is " << ratio << "x v6 (bf16) at H = 1, T = 65536, 1 thread");
+  CHECK(ratio >= 0.75);
+}

@@ -62,6 +62,8 @@ ModelShape model_shape_from_json(const nlohmann::json& config, const std::string
     m.head_dim = positive_field(config, "qk_nope_head_dim", origin);
     m.v_head_dim = positive_field(config, "v_head_dim", origin);
     m.kv_heads = m.heads;
+    m.hidden_size = json_optional<std::size_t>(config, "hidden_size", origin).value_or(0);
+    m.q_lora_rank = json_optional<std::size_t>(config, "q_lora_rank", origin).value_or(0);
     return m;
   }
   // Absent num_key_value_heads means one key/value head per query head (older MHA configs).
@@ -169,6 +171,53 @@ V32CacheBytes v32_cache_bytes(std::size_t d_c, std::size_t d_r, std::size_t inde
                               std::size_t layers) {
   const auto scales = [](std::size_t n) { return 4 * ((n + 127) / 128); };  // float per 128
   return {d_c + scales(d_c) + 2 * d_r, index_head_dim + scales(index_head_dim), layers};
+}
+
+MlaLayerSizes mla_layer_sizes(const ModelShape& m) {
+  if (m.kind != AttentionKind::MLA || m.hidden_size == 0) {
+    throw InputError(m.name + ": the MLA layer's weights need an MLA config with hidden_size");
+  }
+  return {m.hidden_size,      m.heads,     m.q_lora_rank, m.kv_lora_rank, m.head_dim,
+          m.qk_rope_head_dim, m.v_head_dim};
+}
+
+std::vector<WeightMatrix> mla_layer_matrices(const MlaLayerSizes& s) {
+  const std::size_t qk = s.heads * (s.nope + s.rope);
+  std::vector<WeightMatrix> w;
+  if (s.q_lora_rank > 0) {
+    w.push_back({"q_a_proj", s.q_lora_rank, s.hidden});
+    w.push_back({"q_b_proj", qk, s.q_lora_rank});
+  } else {
+    w.push_back({"q_proj", qk, s.hidden});
+  }
+  w.push_back({"kv_a_proj_with_mqa", s.kv_lora_rank + s.rope, s.hidden});
+  w.push_back({"kv_b_proj", s.heads * (s.nope + s.v), s.kv_lora_rank});
+  w.push_back({"o_proj", s.hidden, s.heads * s.v});
+  return w;
+}
+
+std::size_t norm_numbers(const MlaLayerSizes& s) {
+  return s.q_lora_rank + s.kv_lora_rank;
+}
+
+std::size_t fp8_scale_blocks(std::size_t rows, std::size_t cols, std::size_t br, std::size_t bc) {
+  return ((rows + br - 1) / br) * ((cols + bc - 1) / bc);
+}
+
+std::size_t fp8_weight_bytes(std::size_t rows, std::size_t cols, std::size_t br, std::size_t bc) {
+  return rows * cols + 4 * fp8_scale_blocks(rows, cols, br, bc);
+}
+
+LayerWeightBytes mla_layer_weight_bytes(const MlaLayerSizes& s, std::size_t br, std::size_t bc) {
+  LayerWeightBytes b;
+  const std::size_t norms = 2 * norm_numbers(s);  // BF16 either way
+  b.bf16 = b.fp8 = norms;
+  for (const WeightMatrix& m : mla_layer_matrices(s)) {
+    b.numbers += m.rows * m.cols;
+    b.bf16 += 2 * m.rows * m.cols;
+    b.fp8 += fp8_weight_bytes(m.rows, m.cols, br, bc);
+  }
+  return b;
 }
 
 }  // namespace mla::ch03

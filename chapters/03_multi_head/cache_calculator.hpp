@@ -40,6 +40,8 @@ struct ModelShape {
   std::size_t qk_rope_head_dim = 0;         ///< MLA: d_h^R, the rope key cached per token
   std::size_t v_head_dim = 0;               ///< MLA: width of a value head (otherwise = head_dim)
   std::size_t max_position_embeddings = 0;  ///< the longest context (0 if absent)
+  std::size_t hidden_size = 0;              ///< MLA: d_model (0 if absent)
+  std::size_t q_lora_rank = 0;              ///< MLA: d_c' of the query (0: no compression, q_proj)
 };
 
 /// Read a ModelShape from a parsed `config.json`.
@@ -102,6 +104,57 @@ struct V32CacheBytes {
 /// V3.2's cache for the given sizes (defaults: V3.2's own).
 V32CacheBytes v32_cache_bytes(std::size_t d_c = 512, std::size_t d_r = 64,
                               std::size_t index_head_dim = 128, std::size_t layers = 61);
+
+/// One weight matrix of an attention layer: its checkpoint name and shape [rows, cols] = [out, in].
+struct WeightMatrix {
+  std::string name;      ///< e.g. "kv_a_proj_with_mqa"
+  std::size_t rows = 0;  ///< output features
+  std::size_t cols = 0;  ///< input features
+};
+
+/// The sizes of one MLA attention layer that decide its weights (a config's fields).
+struct MlaLayerSizes {
+  std::size_t hidden = 0;        ///< hidden_size (d_model)
+  std::size_t heads = 0;         ///< num_attention_heads (n_h)
+  std::size_t q_lora_rank = 0;   ///< 0: no query compression (the layer has q_proj)
+  std::size_t kv_lora_rank = 0;  ///< d_c
+  std::size_t nope = 0;          ///< qk_nope_head_dim
+  std::size_t rope = 0;          ///< qk_rope_head_dim (d_h^R)
+  std::size_t v = 0;             ///< v_head_dim
+};
+
+/// The sizes of an MLA model's attention layer (InputError if m is not MLA or has no hidden_size).
+MlaLayerSizes mla_layer_sizes(const ModelShape& m);
+
+/// The linear weights of one MLA attention layer, as DeepSeek's checkpoints name them:
+/// q_a_proj [q_lora, hidden] and q_b_proj [n_h (nope + rope), q_lora] (or q_proj
+/// [n_h (nope + rope), hidden]), kv_a_proj_with_mqa [d_c + rope, hidden], kv_b_proj
+/// [n_h (nope + v), d_c], o_proj [hidden, n_h v]. The norms are not in the list (norm_numbers).
+std::vector<WeightMatrix> mla_layer_matrices(const MlaLayerSizes& s);
+
+/// Numbers in the layer's RMSNorm weights: q_a_layernorm (q_lora_rank) + kv_a_layernorm (d_c).
+/// The FP8 release keeps them in BF16.
+std::size_t norm_numbers(const MlaLayerSizes& s);
+
+/// Blocks of a block-scaled FP8 weight [rows, cols] with blocks [br, bc]: the shape of its
+/// `weight_scale_inv`, ceil(rows/br) × ceil(cols/bc) (edge blocks may be partial).
+std::size_t fp8_scale_blocks(std::size_t rows, std::size_t cols, std::size_t br = 128,
+                             std::size_t bc = 128);
+
+/// Bytes of a block-scaled FP8 weight: one byte per number plus a 4-byte (fp32) scale per block.
+std::size_t fp8_weight_bytes(std::size_t rows, std::size_t cols, std::size_t br = 128,
+                             std::size_t bc = 128);
+
+/// One attention layer's weight bytes stored two ways.
+struct LayerWeightBytes {
+  std::size_t numbers = 0;  ///< numbers in the linear weights (norms not counted)
+  std::size_t bf16 = 0;     ///< everything in BF16: 2 bytes per number, norms included
+  std::size_t fp8 = 0;      ///< FP8 + scales as DeepSeek-V3's release: fp8_weight_bytes, BF16 norms
+};
+
+/// The layer's weight bytes in BF16 and in FP8 with [br, bc] blocks.
+LayerWeightBytes mla_layer_weight_bytes(const MlaLayerSizes& s, std::size_t br = 128,
+                                        std::size_t bc = 128);
 
 /// The DeepSeek-V2 paper's Table 1, "KV cache per token (# element)":
 /// MHA \f$2 n_h d_h l\f$, GQA \f$2 n_g d_h l\f$, MQA \f$2 d_h l\f$, MLA \f$(d_c + d_h^R) l\f$.

@@ -224,6 +224,47 @@ void explain(const std::vector<ModelShape>& models, const std::string& dir) {
             << mla::num(double(dc + dr) / (2.0 * dh)) << " groups.\n\n";
 }
 
+// Part 3: FP8 as DeepSeek-V3 ships it. The weights of one attention layer in BF16 and in the
+// release's block-scaled FP8 (one byte per number, an fp32 scale per 128x128 block), and the
+// cache DeepSeek-V3.2 deploys (656 bytes a token and layer) beside the bf16 one.
+void fp8_part(const std::vector<ModelShape>& models) {
+  const ModelShape* v3 = find(models, "DeepSeek-V3");
+  if (!v3 || v3->hidden_size == 0) return;
+  const MlaLayerSizes sz = mla_layer_sizes(*v3);
+  std::cout << "DeepSeek-V3's attention layer, weights stored in BF16 vs FP8 e4m3 + one fp32 scale "
+               "per 128x128 block\n(the release's format; edge blocks partial, norms stay BF16):\n";
+  mla::Table t({"weight", "shape", "scale shape", "BF16 bytes", "FP8+scales bytes", "ratio"});
+  for (const WeightMatrix& w : mla_layer_matrices(sz)) {
+    const std::size_t bf16 = 2 * w.rows * w.cols, fp8 = fp8_weight_bytes(w.rows, w.cols);
+    t.add({w.name, "[" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "]",
+           "[" + std::to_string((w.rows + 127) / 128) + ", " +
+               std::to_string((w.cols + 127) / 128) + "]",
+           g(double(bf16)), g(double(fp8)), mla::fixed(double(fp8) / double(bf16), 4)});
+  }
+  const LayerWeightBytes b = mla_layer_weight_bytes(sz);
+  t.add({"norms (BF16)", std::to_string(norm_numbers(sz)) + " numbers", "-",
+         g(2.0 * double(norm_numbers(sz))), g(2.0 * double(norm_numbers(sz))), "1"});
+  t.add({"layer", g(double(b.numbers)) + " numbers", "-", g(double(b.bf16)), g(double(b.fp8)),
+         mla::fixed(double(b.fp8) / double(b.bf16), 4)});
+  t.print(std::cout);
+  std::cout << "All " << v3->layers
+            << " layers' attention: " << mla::human_bytes(double(b.bf16 * v3->layers))
+            << " in BF16, " << mla::human_bytes(double(b.fp8 * v3->layers)) << " in FP8.\n\n";
+
+  // DeepSeek-V3.2's deployed latent cache (chapter 7's FP8 cache, the same row layout).
+  const V32CacheBytes c = v32_cache_bytes(v3->kv_lora_rank, v3->qk_rope_head_dim, 128, v3->layers);
+  const double bf16_row = 2.0 * double(v3->kv_lora_rank + v3->qk_rope_head_dim);
+  std::cout << "The latent cache per token, " << v3->layers << " layers: bf16 (" << v3->kv_lora_rank
+            << " + " << v3->qk_rope_head_dim << ")·2 = " << g(bf16_row) << " B/layer, "
+            << g(bf16_row * double(v3->layers)) << " B/token; DeepSeek-V3.2's FP8 row "
+            << v3->kv_lora_rank << " + 4·" << (v3->kv_lora_rank + 127) / 128 << " + 2·"
+            << v3->qk_rope_head_dim << " = " << c.latent_per_layer << " B/layer, "
+            << g(double(c.latent_per_layer * c.layers)) << " B/token ("
+            << mla::fixed(bf16_row / double(c.latent_per_layer), 2) << "x smaller; with "
+            << "V3.2's indexer key, " << c.indexer_per_layer
+            << " B more a layer: " << g(double(c.per_token())) << " B/token).\n\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -321,6 +362,7 @@ int main(int argc, char** argv) {
            "sequence at max_position_embeddings.\n\n";
 
     explain(models, configs);
+    fp8_part(models);
 
     const std::string path = mla::results_dir() + "/ch03_cache_per_token.csv";
     csv.write_csv(path);

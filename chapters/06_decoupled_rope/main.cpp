@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "03_multi_head/cache_calculator.hpp"
 #include "06_decoupled_rope/absorption_demo.hpp"
 #include "06_decoupled_rope/mla_layer.hpp"
 #include "mla/compare.hpp"
@@ -182,7 +183,7 @@ void part_cache(const std::map<std::string, mla::MlaConfig>& configs) {
     return;
   }
   mla::Table t({"model", "layers", "heads", "MLA d_c+d_R", "naive H(d_qk+d_v)", "MHA 2*H*d_h",
-                "MLA bytes", "MHA bytes", "MHA/MLA"});
+                "MLA bytes", "MHA bytes", "MHA/MLA", "layer weights BF16", "FP8+scales"});
   mla::Table csv({"model", "layers", "heads", "mla_floats_per_layer", "naive_floats_per_layer",
                   "mha_floats_per_layer", "mla_bytes_per_token_bf16", "mha_bytes_per_token_bf16"});
   for (const auto& [name, c] : configs) {
@@ -194,9 +195,15 @@ void part_cache(const std::map<std::string, mla::MlaConfig>& configs) {
     // Plain MHA with the model's head width d_h = qk_nope_head_dim (128): 2·H·d_h.
     const long long mha = 2 * H * static_cast<long long>(c.qk_nope_head_dim);
     const long long mla_b = mla * L * 2, mha_b = mha * L * 2;
+    // One attention layer's weights, BF16 vs the FP8 release's format (128x128 blocks, one
+    // fp32 scale each; norms BF16): chapter 3's calculator.
+    const mla::ch03::LayerWeightBytes wb = mla::ch03::mla_layer_weight_bytes(
+        {c.hidden_size, c.num_attention_heads, c.q_lora_rank.value_or(0), c.kv_lora_rank,
+         c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim});
     t.add({name, std::to_string(L), std::to_string(H), grouped(mla), grouped(naive), grouped(mha),
            grouped(mla_b), grouped(mha_b),
-           fixed(static_cast<double>(mha_b) / static_cast<double>(mla_b), 1) + "x"});
+           fixed(static_cast<double>(mha_b) / static_cast<double>(mla_b), 1) + "x",
+           grouped(static_cast<long long>(wb.bf16)), grouped(static_cast<long long>(wb.fp8))});
     csv.add({name, std::to_string(L), std::to_string(H), std::to_string(mla), std::to_string(naive),
              std::to_string(mha), std::to_string(mla_b), std::to_string(mha_b)});
   }
@@ -205,7 +212,10 @@ void part_cache(const std::map<std::string, mla::MlaConfig>& configs) {
   csv.write_csv(path);
   std::cout << "Numbers per token and layer; bytes per token for all layers in bf16. MHA: the "
                "same model with\nplain multi-head attention, head width d_h = qk_nope_head_dim. "
-               "576 = 512 latent numbers\n+ 64 rope-key numbers, shared by every head.\n"
+               "576 = 512 latent numbers\n+ 64 rope-key numbers, shared by every head. Layer "
+               "weights: bytes of one attention layer's\nweights (chapter 3's calculator), all "
+               "BF16, or FP8 e4m3 with an fp32 scale per 128x128 block as\nDeepSeek-V3's release "
+               "stores them (norms BF16).\n"
             << csv_note(path);
 }
 

@@ -69,10 +69,29 @@ inline xsimd::batch<float> load_e4m3_scaled(const std::uint8_t* p) {
 }
 
 /// Two batches at once: the 2 · size codes at `p` into `lo` (the first size) and `hi`; with AVX2
-/// one 16-byte load and one unpack per half, the cheapest way through F16C.
+/// one 16-byte load and one unpack per half, the cheapest way through F16C. With AVX-512 one
+/// 32-byte load, one byte permute (VBMI's vpermb puts each code in the high byte of a 16-bit word
+/// and zeroes the low one; without VBMI a zero-extension and a shift do it), then the shift and
+/// mask above on all 32 words at once: 3.5 instructions per 16 numbers, conversions included.
+/// The fused FP8 kernels (v7) call this in their inner loops.
 inline void load_e4m3_scaled2(const std::uint8_t* p, xsimd::batch<float>& lo,
                               xsimd::batch<float>& hi) {
-#if defined(__F16C__) && defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__F16C__) && defined(__AVX512F__) && defined(__AVX512BW__)
+  const __m512i c = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);  // 32 codes, upper half zero
+#if defined(__AVX512VBMI__)
+  // Word j = code j << 8: byte 2j+1 takes byte j, byte 2j is zeroed by the mask.
+  const __m512i idx =
+      _mm512_set_epi8(31, 0, 30, 0, 29, 0, 28, 0, 27, 0, 26, 0, 25, 0, 24, 0, 23, 0, 22, 0, 21, 0,
+                      20, 0, 19, 0, 18, 0, 17, 0, 16, 0, 15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0,
+                      9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+  const __m512i w = _mm512_maskz_permutexvar_epi8(0xAAAAAAAAAAAAAAAAull, idx, c);
+#else
+  const __m512i w = _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)), 8);
+#endif
+  const __m512i h = _mm512_and_si512(_mm512_srai_epi16(w, 1), _mm512_set1_epi16(short(0xBFFF)));
+  lo = xsimd::batch<float>(_mm512_cvtph_ps(_mm512_castsi512_si256(h)));
+  hi = xsimd::batch<float>(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)));
+#elif defined(__F16C__) && defined(__AVX2__)
   const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   const __m128i z = _mm_setzero_si128(), keep = _mm_set1_epi16(short(0xBFFF));
   lo = xsimd::batch<float>(

@@ -27,8 +27,10 @@
 //           AVX512_BF16, the per-head path computes its scores with vdpbf16ps.
 // version 7 is v5 on an FP8 cache in DeepSeek-V3.2's layout: the latent as e4m3 codes with a
 //           power-of-two scale per 128 numbers, the rope key in bf16 (656 bytes a token instead of
-//           1,152 in bf16). Every number is dequantized once per step into floats (through F16C),
-//           and v5's code runs on those: fewer bytes where the step is memory-bound, the
+//           1,152 in bf16). The head-blocked path dequantizes each tile once into floats
+//           (through F16C) for v5's micro-kernels; the per-head path fuses dequantization into
+//           its dot products and weighted sums (codes widened in registers, the per-128 scale
+//           applied to partial sums). Fewer bytes where the step is memory-bound, the
 //           dequantization's cost where it is compute-bound.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
@@ -662,16 +664,24 @@ class PerHeadScores {
 };
 
 // What the per-head path hands its heads from tile i (its first nt rows): the tile itself, as
-// one view of cache numbers (fp32, or bf16 widened while loaded). v7 adds a version that
-// dequantizes an FP8 tile a few rows at a time into floats, and hands over those row blocks.
+// one view of cache numbers (fp32, or bf16 widened while loaded). v7 hands over a view of the
+// FP8 rows instead, with its own scores and update (which read the codes directly).
 template <class Elem>
 struct PerHeadRows {
-  using Rows = Elem;  // what the views hold
+  using Rows = Elem;  // the type PerHeadScores is chosen by
   template <class Fn>
   static void each(const LatentCache& c, std::size_t i, std::size_t nt, Fn&& fn) {
     fn(cache_tile<Elem>(c, i, nt));
   }
 };
+
+// One head's online-softmax update with the rows `each` handed over and their scores s: v3's
+// tile_update on the latent columns. v7 overloads it for its FP8 rows.
+template <class Elem>
+void head_update(RowView<const Elem> rows, std::size_t lat, float* s, float rows_max,
+                 HeadState& st) {
+  tile_update(rows.cols_range(0, lat), s, rows_max, st);
+}
 
 // The per-head path for few heads (below kPerHeadBelow): v3's per-head tiles, tiles outer and
 // heads inner, so each tile comes from memory once and from L1/L2 for the other heads.
@@ -694,10 +704,10 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
   using Rows = typename PerHeadRows<Elem>::Rows;
   const PerHeadScores<Rows> scores(ws.q.data(), nh, stride);
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    PerHeadRows<Elem>::each(cache, i, tile_tokens(length, i), [&](RowView<const Rows> rows) {
+    PerHeadRows<Elem>::each(cache, i, tile_tokens(length, i), [&](const auto& rows) {
       for (std::size_t hh = 0; hh < nh; ++hh) {
         const float rows_max = scores(rows, hh, ws.s.data());
-        tile_update(rows.cols_range(0, lat), ws.s.data(), rows_max, st[hh]);
+        head_update(rows, lat, ws.s.data(), rows_max, st[hh]);
       }
     });
   }
@@ -920,20 +930,21 @@ void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a) {
 // version 7: FP8 cache (DeepSeek-V3.2's 656-byte layout)
 // ============================================================================================
 // A row is [e4m3 codes of c_kv | one float scale per 128 of them | k_rope in bf16]
-// (latent_cache.hpp). The kernel dequantizes what it reads into floats — a code widened through
-// F16C (kernels/fp8.hpp), times its tile's scale — and runs v5's float code on it: every sum in
-// float, as before. Each number is dequantized once per step whatever the head count:
-//  - head-blocked path: a whole tile at a time (like v6's bf16 tile), then the micro-kernels;
-//  - per-head path: kFp8Rows rows at a time into an L1-sized buffer, which every head of the item
-//    reads twice (scores, weighted sum) before the next rows come, so the float copy never
-//    leaves L1 and the cache is read from memory once.
+// (latent_cache.hpp). A code is widened to a float through F16C (kernels/fp8.hpp: 2^-8 of its
+// value, exactly); every sum is in float, as before. Two paths, as in v5:
+//  - head-blocked path (8 heads or more, compute-bound): a whole tile is dequantized into floats
+//    (like v6's bf16 tile), then the micro-kernels use each number for 16 or 32 heads, so the
+//    conversion is paid once per number per step and shows only as a fraction of the FMAs;
+//  - per-head path (few heads, memory-bound): fused dequantize-and-dot. Scores and weighted sum
+//    read the codes directly, widen them in registers, and apply the per-128 scale to a partial
+//    sum (once per tile of a row) rather than to each number. No float copy is written: that
+//    first version (8 rows dequantized into an L1 buffer, then v5's float code) was core-bound
+//    and slower than bf16 (0.47x here, 0.87-0.92x on an AVX2 Zen 3).
 
 namespace {
 
-// Rows per block of the per-head path: 8 × 576 floats = 18 KiB, inside a 32 KiB L1 cache.
-constexpr std::size_t kFp8Rows = 8;
-
-// Rows [r0, r0 + n) of FP8 tile i as floats: dst (n, stride) = [c_kv | 0 | k_rope | 0].
+// Rows [r0, r0 + n) of FP8 tile i as floats: dst (n, stride) = [c_kv | 0 | k_rope | 0]. The
+// head-blocked path's micro-kernels read floats.
 void dequantize_fp8_rows(const LatentCache& c, std::size_t i, std::size_t r0, std::size_t n,
                          float* dst) {
   const std::size_t lat = c.lat_stride(), stride = c.stride(), tile = c.fp8_tile();
@@ -960,7 +971,8 @@ void dequantize_fp8_rows(const LatentCache& c, std::size_t i, std::size_t r0, st
   }
 }
 
-// The head-blocked path reads a whole tile as floats.
+// The head-blocked path reads a whole tile as floats: each number is dequantized once per step,
+// and the micro-kernels use it for 16 or 32 heads.
 template <>
 RowView<const float> float_tile<std::uint8_t>(const LatentCache& c, std::size_t i, std::size_t nt) {
   static thread_local AlignedVec ftile;  // (kTileTokens, stride)
@@ -969,21 +981,169 @@ RowView<const float> float_tile<std::uint8_t>(const LatentCache& c, std::size_t 
   return {ftile.data(), nt, c.stride(), c.stride()};
 }
 
-// The per-head path reads kFp8Rows rows at a time as floats.
+// The per-head path (few heads, memory-bound) never writes a float copy: with one head a
+// dequantized number is used twice (its score, its share of the weighted sum), so a copy costs
+// more (a store and a load) than converting the code again in registers. Both passes read the
+// codes straight from the cache tile (42 KiB of FP8 rows: it stays in L1/L2 between them), and
+// the tile's scale is applied to a partial sum, not to every number:
+//
+//     s_t        = Σ_j scale_tj · (q[tile j] · e4m3[tile j])  +  q_rope · k_rope
+//     acc[tile j] += (p_t · scale_tj) · e4m3[tile j]
+//
+// (scale_tj · 2^8 in fact: load_e4m3_scaled2 returns 2^-8 of each value.)
+
+// Rows per block the per-head path hands its heads: 8 rows (5 KiB of codes) stay in L1 between
+// the scores and the weighted sum, and the weighted sum's accumulators are loaded and stored
+// once per 8 rows. (16 measured the same here, within the noise of a shared machine.)
+constexpr std::size_t kFp8Rows = 8;
+
+// A view of nt consecutive rows of an FP8 tile.
+struct Fp8Rows {
+  const std::uint8_t* data;  // nt rows of row_bytes
+  std::size_t nt, row_bytes;
+  std::size_t lat, tile;                  // lat_stride codes, scale tile
+  std::size_t scale_offset, rope_offset;  // bytes into a row
+  std::size_t rope;                       // d_r rounded up to 16 bf16 numbers
+  const std::uint8_t* row(std::size_t t) const { return data + t * row_bytes; }
+  // Scale j of row t, times kE4m3LoadFactor.
+  float scale(std::size_t t, std::size_t j) const {
+    float f;
+    std::memcpy(&f, row(t) + scale_offset + 4 * j, sizeof f);
+    return f * kE4m3LoadFactor;
+  }
+};
+
 template <>
 struct PerHeadRows<std::uint8_t> {
-  using Rows = float;
+  using Rows = Fp8Rows;
   template <class Fn>
   static void each(const LatentCache& c, std::size_t i, std::size_t nt, Fn&& fn) {
-    static thread_local AlignedVec rows;  // (kFp8Rows, stride)
-    grow(rows, kFp8Rows * c.stride());
+    const std::size_t rb = c.row_bytes();
     for (std::size_t r0 = 0; r0 < nt; r0 += kFp8Rows) {
-      const std::size_t n = std::min(kFp8Rows, nt - r0);
-      dequantize_fp8_rows(c, i, r0, n, rows.data());
-      fn(RowView<const float>(rows.data(), n, c.stride(), c.stride()));
+      // Ask for the next block (in this tile, or the next tile's first) while this one is used:
+      // the scores read kFp8ScoreRows rows side by side, a pattern the hardware prefetcher follows
+      // late, and every tile is its own allocation, where it would start cold.
+      const std::uint8_t* next = r0 + kFp8Rows < nt  ? c.tile_fp8(i) + (r0 + kFp8Rows) * rb
+                                 : i + 1 < c.tiles() ? c.tile_fp8(i + 1)
+                                                     : nullptr;
+      if (next) {
+        for (std::size_t b = 0; b < kFp8Rows * rb; b += 64) __builtin_prefetch(next + b);
+      }
+      fn(Fp8Rows{c.tile_fp8(i) + r0 * c.row_bytes(), std::min(kFp8Rows, nt - r0), c.row_bytes(),
+                 c.lat_stride(), c.fp8_tile(), c.fp8_scale_offset(), c.fp8_rope_offset(),
+                 c.stride() - c.lat_stride()});
     }
   }
 };
+
+// Scores of rows [t, t + R) against one head's packed query q (stride floats, scaled) into s.
+// R rows at a time share each query load; two accumulators per row per scale tile (2R FMA
+// chains), folded into the row's total by the tile's scale.
+template <int R>
+inline void fp8_scores_rows(const Fp8Rows& f, std::size_t t, const float* q, float* s) {
+  const std::uint8_t* r[R];
+  V tot[R];
+  for (int i = 0; i < R; ++i) {
+    r[i] = f.row(t + i);
+    tot[i] = V(0.0f);
+  }
+  for (std::size_t j = 0, k0 = 0; k0 < f.lat; ++j, k0 += f.tile) {
+    const std::size_t k1 = std::min(f.lat, k0 + f.tile);
+    V a[R], b[R];
+    for (int i = 0; i < R; ++i) a[i] = b[i] = V(0.0f);
+    std::size_t k = k0;
+    for (; k + 2 * W <= k1; k += 2 * W) {
+      const V qa = V::load_aligned(q + k), qb = V::load_aligned(q + k + W);
+      for (int i = 0; i < R; ++i) {
+        V lo, hi;
+        load_e4m3_scaled2(r[i] + k, lo, hi);
+        a[i] = xsimd::fma(qa, lo, a[i]);
+        b[i] = xsimd::fma(qb, hi, b[i]);
+      }
+    }
+    for (; k < k1; k += W) {  // the tile is a multiple of 16 numbers: at most one vector (AVX-512)
+      const V qa = V::load_aligned(q + k);
+      for (int i = 0; i < R; ++i) a[i] = xsimd::fma(qa, load_e4m3_scaled(r[i] + k), a[i]);
+    }
+    for (int i = 0; i < R; ++i) tot[i] = xsimd::fma(a[i] + b[i], V(f.scale(t + i, j)), tot[i]);
+  }
+  for (std::size_t k = 0; k < f.rope; k += W) {
+    const V qr = V::load_aligned(q + f.lat + k);
+    for (int i = 0; i < R; ++i) {
+      const auto* r16 = reinterpret_cast<const std::uint16_t*>(r[i] + f.rope_offset);
+      tot[i] = xsimd::fma(qr, load_bf16(r16 + k), tot[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) s[t + i] = xsimd::hadd(tot[i]);
+}
+
+// Rows per score group: 4 with AVX-512's 32 registers, 2 with 16 (AVX2, SSE).
+constexpr int kFp8ScoreRows = W >= 16 ? 4 : 2;
+
+template <>
+class PerHeadScores<Fp8Rows> {
+ public:
+  PerHeadScores(const float* q, std::size_t /*nh*/, std::size_t stride) : q_(q), stride_(stride) {}
+  float operator()(const Fp8Rows& f, std::size_t hh, float* s) const {
+    const float* q = q_ + hh * stride_;
+    std::size_t t = 0;
+    for (; t + kFp8ScoreRows <= f.nt; t += kFp8ScoreRows)
+      fp8_scores_rows<kFp8ScoreRows>(f, t, q, s);
+    for (; t < f.nt; ++t) fp8_scores_rows<1>(f, t, q, s);
+    float m = kNegInf;
+    for (t = 0; t < f.nt; ++t) m = std::max(m, s[t]);
+    return m;
+  }
+
+ private:
+  const float* q_;
+  std::size_t stride_;
+};
+
+// Accumulator vectors the weighted sum keeps in registers over all rows of a tile: 8 (128
+// floats, one scale tile, with AVX-512; 64 with AVX2), leaving room for the codes and the weight.
+constexpr std::size_t kFp8AccVecs = 8;
+
+// The online-softmax update of one head from FP8 rows: p = exp(s - m_new), then
+// acc = alpha·acc + Σ_t p_t·c_t, a column chunk of kFp8AccVecs vectors at a time (its
+// accumulators stay in registers for all nt rows); a chunk never crosses a scale tile, so each
+// row's weight p_t · scale_tj is one broadcast per chunk.
+void head_update(const Fp8Rows& f, std::size_t lat, float* s, float rows_max, HeadState& st) {
+  const std::size_t nt = f.nt;
+  const float alpha = st.sm.step(s, nt, round_up(nt, W), rows_max);
+  const V va(alpha);
+  constexpr std::size_t C = kFp8AccVecs * W;
+  for (std::size_t j = 0, k0 = 0; k0 < lat; ++j, k0 += f.tile) {
+    const std::size_t k1 = std::min(lat, k0 + f.tile);
+    std::size_t c0 = k0;
+    for (; c0 + C <= k1; c0 += C) {
+      V acc[kFp8AccVecs];
+      for (std::size_t v = 0; v < kFp8AccVecs; ++v)
+        acc[v] = V::load_aligned(st.acc + c0 + v * W) * va;
+      for (std::size_t t = 0; t < nt; ++t) {
+        const std::uint8_t* r = f.row(t) + c0;
+        const V p(s[t] * f.scale(t, j));
+        for (std::size_t v = 0; v < kFp8AccVecs; v += 2) {
+          V lo, hi;
+          load_e4m3_scaled2(r + v * W, lo, hi);
+          acc[v] = xsimd::fma(p, lo, acc[v]);
+          acc[v + 1] = xsimd::fma(p, hi, acc[v + 1]);
+        }
+      }
+      for (std::size_t v = 0; v < kFp8AccVecs; ++v) acc[v].store_aligned(st.acc + c0 + v * W);
+    }
+    // The rest of a scale tile narrower than a chunk (d_c not a multiple of it): through memory.
+    for (std::size_t c = c0; c < k1; c += W)
+      (V::load_aligned(st.acc + c) * va).store_aligned(st.acc + c);
+    for (std::size_t t = 0; t < nt && c0 < k1; ++t) {
+      const V p(s[t] * f.scale(t, j));
+      for (std::size_t c = c0; c < k1; c += W) {
+        xsimd::fma(p, load_e4m3_scaled(f.row(t) + c), V::load_aligned(st.acc + c))
+            .store_aligned(st.acc + c);
+      }
+    }
+  }
+}
 
 }  // namespace
 
