@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "06_decoupled_rope/rope.hpp"
+#include "08_serving/bench.hpp"
 #include "08_serving/decoder.hpp"
 #include "08_serving/model.hpp"
 #include "08_serving/sampling.hpp"
@@ -522,4 +523,59 @@ TEST_CASE("ch08: requests that can never fit are refused before anything runs", 
   r.prompt.clear();
   CHECK_THROWS_WITH(s.run({r}), Catch::Contains("empty prompt"));
   CHECK(pool.free_blocks() == pool.capacity());
+}
+
+TEST_CASE("ch08: the step model is linear in the batch and in the context, at its measured rates",
+          "[ch08]") {
+  BenchOptions o;
+  o.d_model = 256;
+  o.layers = 2;
+  o.intermediate = 512;
+  const StepRates rates{100.0, 10.0};  // GFLOP/s of the products, GB/s of cache
+  for (const ModelConfig& cfg : bench_configs(o)) {
+    INFO(cfg.variant());
+    const PageLayout layout = page_layout(cfg);
+    const std::size_t bpt = layout.bytes_per_token();
+    const double one = predict_step_seconds(cfg, bpt, 1, 512, rates);
+    // No constant term: B sequences cost B times one (weights' FLOPs and caches both scale).
+    CHECK(predict_step_seconds(cfg, bpt, 8, 512, rates) == Approx(8 * one).epsilon(1e-12));
+    // A longer context adds exactly its cache bytes at the attention rate.
+    const double more = predict_step_seconds(cfg, bpt, 4, 1024, rates) -
+                        predict_step_seconds(cfg, bpt, 4, 512, rates);
+    CHECK(more == Approx(4.0 * double(bpt) * 512 / 10e9).epsilon(1e-9));
+    // The roofline bound: B rows at least cost their weights' bytes once.
+    CHECK(predict_step_seconds_roofline(cfg, bpt, 1, 512, 1e9, 20.0) >
+          predict_step_seconds_roofline(cfg, bpt, 1, 512, 1e9, 40.0));
+  }
+}
+
+TEST_CASE("ch08: the bench fits ~7x the sequences with MLA, and its model is near its measurement",
+          "[ch08]") {
+  BenchOptions o;
+  o.budget_gib = 32.0 / 1024;  // 32 MiB
+  o.context = 128;
+  o.d_model = 256;
+  o.layers = 1;
+  o.intermediate = 256;
+  o.steps = 3;
+  o.threads = 1;
+  o.sweep = false;
+  ch07::MachinePeak peak;  // only the roofline column uses it
+  peak.gflops = 100;
+  peak.gbps = 10;
+  const auto rows = run_bench(o, peak, false);
+  std::size_t mha = 0, mla = 0;
+  for (const BenchRow& r : rows) {
+    INFO(r.variant << " " << r.dtype << " batch " << r.batch);
+    REQUIRE(r.batch == r.max_sequences);
+    REQUIRE(r.ms_per_step > 0);
+    if (r.variant == "mha") mha = r.max_sequences;
+    if (r.variant == "mla" && r.dtype == "f32") mla = r.max_sequences;
+    // Loose on purpose: tiny steps on a shared machine are noisy (the README's table shows the
+    // model within +-30% at real sizes); a model off by 5x is wrong, not noisy.
+    CHECK(r.predicted_ms_per_step / r.ms_per_step > 0.2);
+    CHECK(r.predicted_ms_per_step / r.ms_per_step < 5.0);
+  }
+  REQUIRE(mha > 0);
+  CHECK(mla >= 7 * mha);
 }

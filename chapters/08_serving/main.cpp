@@ -9,7 +9,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -105,15 +108,32 @@ void run_bench_cli(const BenchOptions& o, bool json) {
                  "prompts: a decode step costs the same whatever the cache holds.\n"
               << "This machine, " << o.threads << " threads: " << peak.gflops
               << " GFLOP/s FMA peak, " << peak.gbps
-              << " GB/s read bandwidth (chapter 7's probes)\n\n";
+              << " GB/s read bandwidth (chapter 7's probes); OpenMP wait policy "
+              << (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "default")
+              << "\n\n";
   }
   const auto rows = run_bench(o, peak, !json);
   const std::string dir = results_dir();
   std::ofstream csv(dir + "/ch08_throughput.csv");
-  csv << "variant,dtype,batch,max_sequences,tokens_per_s,ms_per_step,predicted_ms_per_step\n";
+  csv << "variant,dtype,batch,max_sequences,tokens_per_s,ms_per_step,predicted_ms_per_step,"
+         "roofline_ms_per_step,gemm_gflops,attention_gbps\n";
   for (const auto& r : rows) {
     csv << r.variant << "," << r.dtype << "," << r.batch << "," << r.max_sequences << ","
-        << r.tokens_per_s << "," << r.ms_per_step << "," << r.predicted_ms_per_step << "\n";
+        << r.tokens_per_s << "," << r.ms_per_step << "," << r.predicted_ms_per_step << ","
+        << r.roofline_ms_per_step << "," << r.gemm_gflops << "," << r.attention_gbps << "\n";
+  }
+  if (!json) {
+    // Every batch: the calibrated model beside the measurement (and the roofline's bound).
+    std::cout << "variant   dtype  batch   ms/step  model ms  model err  roofline ms  "
+                 "GEMM GFLOP/s  attn GB/s  tokens/s\n";
+    for (const auto& r : rows) {
+      if (r.batch == 0) continue;
+      std::printf("%-8s  %-5s  %5zu  %8.2f  %8.2f  %+8.0f%%  %11.2f  %12.1f  %9.1f  %8.1f\n",
+                  r.variant.c_str(), r.dtype.c_str(), r.batch, r.ms_per_step,
+                  r.predicted_ms_per_step, 100 * (r.predicted_ms_per_step / r.ms_per_step - 1),
+                  r.roofline_ms_per_step, r.gemm_gflops, r.attention_gbps, r.tokens_per_s);
+    }
+    std::cout << "\n";
   }
   // The largest batch of each variant: the JSON contract and the table.
   std::vector<BenchRow> best;
@@ -131,13 +151,17 @@ void run_bench_cli(const BenchOptions& o, bool json) {
                           {"tokens_per_s", r.tokens_per_s},
                           {"ms_per_step", r.ms_per_step},
                           {"predicted_ms_per_step", r.predicted_ms_per_step},
+                          {"roofline_ms_per_step", r.roofline_ms_per_step},
+                          {"gemm_gflops", r.gemm_gflops},
+                          {"attention_gbps", r.attention_gbps},
                           {"cache", "random rows at the context (not prefilled)"}};
       std::cout << j.dump() << "\n";
     } else {
       std::cout << r.variant << " (" << r.dtype << "): " << r.cache_bytes_per_token
                 << " B/token, fits " << r.max_sequences << " sequences; at that batch "
-                << r.ms_per_step << " ms/step (model " << r.predicted_ms_per_step << "), "
-                << r.tokens_per_s << " tokens/s\n";
+                << r.ms_per_step << " ms/step (model " << r.predicted_ms_per_step << ", "
+                << std::showpos << 100 * (r.predicted_ms_per_step / r.ms_per_step - 1)
+                << std::noshowpos << "%), " << r.tokens_per_s << " tokens/s\n";
     }
   }
   if (json) return;
@@ -151,8 +175,8 @@ void run_bench_cli(const BenchOptions& o, bool json) {
       const std::string v =
           cfg.variant() == "gqa" ? "gqa" + std::to_string(cfg.gqa.kv_heads) : cfg.variant();
       if (v != r.variant || r.max_sequences == 0) continue;
-      const double t = predict_step_seconds(cfg, r.cache_bytes_per_token, r.max_sequences,
-                                            o.context, gpu_tflops * 1e3, gpu_tbps * 1e3);
+      const double t = predict_step_seconds_roofline(cfg, r.cache_bytes_per_token, r.max_sequences,
+                                                     o.context, gpu_tflops * 1e3, gpu_tbps * 1e3);
       const double tps = double(r.max_sequences) / t;
       if (v == "mha") mha_gpu = tps;
       std::cout << "  " << v << " (" << r.dtype << "): " << tps << " tokens/s predicted"
@@ -176,7 +200,21 @@ void run_bench_cli(const BenchOptions& o, bool json) {
 
 }  // namespace
 
+/// --bench on a machine with few cores: a decode step alternates between OpenBLAS's threads
+/// (the products) and OpenMP's (the attention), and OpenMP's idle threads spin by default,
+/// taking the cores OpenBLAS's threads need. On the 2-core machine of the README that made a step
+/// 2-3x slower at small batches. The policy is read when the OpenMP runtime starts, before main,
+/// so the bench runs itself again with OMP_WAIT_POLICY=passive unless the caller chose a policy.
+static void rerun_with_passive_openmp(int argc, char** argv) {
+  bool bench = false;
+  for (int i = 1; i < argc; ++i) bench = bench || std::string(argv[i]) == "--bench";
+  if (!bench || std::getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv);  // returns only if it failed: then run as we are
+}
+
 int main(int argc, char** argv) {
+  rerun_with_passive_openmp(argc, argv);
   CLI::App app{"Chapter 8: a whole model served — generation, a paged cache, batching"};
   std::string model_dir, prompt, save_dir, variant = "mla", path;
   std::size_t max_new = 32;
