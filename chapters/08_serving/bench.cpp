@@ -12,6 +12,7 @@
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 #include "08_serving/engine.hpp"
 #include "08_serving/paged_cache.hpp"
+#include "mla/exercise.hpp"
 #include "mla/parallel.hpp"
 #include "mla/tensor.hpp"
 
@@ -148,11 +149,17 @@ double probe_attention_gbps(const ModelConfig& c, const PageLayout& layout,
 
 double predict_step_seconds(const ModelConfig& c, std::size_t cache_bytes_per_token,
                             std::size_t batch, std::size_t context, const StepRates& rates) {
+#if MLA_EXERCISES
+  (void)c, (void)cache_bytes_per_token, (void)batch, (void)context, (void)rates;
+  MLA_EXERCISE("8.2", "predict_step_seconds() (the step model on measured rates)",
+               "see chapters/08_serving/README.md, exercise 8.2");
+#else
   const double B = double(batch);
   const double t_weights = 2 * linear_params(c) * B / (rates.gemm_gflops * 1e9);
   const double t_attn =
       B * double(cache_bytes_per_token) * double(context) / (rates.attention_gbps * 1e9);
   return t_weights + t_attn;
+#endif
 }
 
 double predict_step_seconds_roofline(const ModelConfig& c, std::size_t cache_bytes_per_token,
