@@ -3,13 +3,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <random>
 
 #include "06_decoupled_rope/mla_weights.hpp"
+#include "07_optimized_mla/kernels/mla_decode.hpp"
 #include "08_serving/engine.hpp"
 #include "08_serving/paged_cache.hpp"
+#include "mla/exercise.hpp"
+#include "mla/parallel.hpp"
+#include "mla/tensor.hpp"
 
 namespace mla::ch08 {
 
@@ -60,10 +65,106 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+template <class F>
+double median_seconds(int reps, F&& f) {
+  std::vector<double> t;
+  for (int k = 0; k < reps; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(t);
+}
+
+/// The GEMM probe: the model's own MLP weights (every layer's gate, up, down: larger than the
+/// last-level cache, as in the step) times a (batch, D) matrix, through the same `linear` the
+/// step uses. GFLOP/s.
+double probe_gemm_gflops(const Model& m, std::size_t batch) {
+  const ModelConfig& c = m.config;
+  Mat x = xt::empty<float>({batch, c.hidden_size});
+  Mat xi = xt::empty<float>({batch, c.intermediate_size});
+  std::fill(x.begin(), x.end(), 0.5f);
+  std::fill(xi.begin(), xi.end(), 0.5f);
+  const auto run = [&] {
+    for (const LayerWeights& l : m.weights.layers) {
+      const Mat g = linear(x, l.gate_proj), u = linear(x, l.up_proj), d = linear(xi, l.down_proj);
+      (void)g, (void)u, (void)d;
+    }
+  };
+  run();  // warm-up
+  const double flops = 2.0 * double(batch) * 3.0 * double(c.hidden_size) *
+                       double(c.intermediate_size) * double(c.num_hidden_layers);
+  return flops / median_seconds(3, run) / 1e9;
+}
+
+/// The attention probe: the step's decode kernel (MLA: chapter 7's best; GQA: the paged
+/// per-head kernel) over `seqs` sequences' pages, each at a different layer, so the caches read
+/// exceed the last-level cache as they do in the step. GB/s of cache read.
+double probe_attention_gbps(const ModelConfig& c, const PageLayout& layout,
+                            const std::vector<PagedSequence*>& seqs, std::size_t context,
+                            int threads) {
+  const std::size_t n = seqs.size(), L = c.num_hidden_layers;
+  std::function<void()> run;
+  std::vector<float> q, qr, out;
+  std::vector<ch07::SeqRef> refs(n);
+  ch07::DecodeArgs a;
+  if (c.attention == AttentionKind::MLA) {
+    const std::size_t H = c.mla.num_attention_heads, dc = c.mla.kv_lora_rank,
+                      dr = c.mla.qk_rope_head_dim;
+    q.assign(n * H * dc, 0.01f);
+    qr.assign(n * H * dr, 0.01f);
+    out.resize(n * H * dc);
+    for (std::size_t s = 0; s < n; ++s) refs[s] = {&seqs[s]->latent(s % L), context};
+    a.batch = n;
+    a.heads = H;
+    a.d_c = dc;
+    a.d_r = dr;
+    a.q_lat = q.data();
+    a.q_rope = qr.data();
+    a.scale = 0.1f;
+    a.out = out.data();
+    a.threads = threads;
+    run = [&] { ch07::mla_decode_best(refs.data(), a); };
+  } else {
+    const GqaConfig& g = c.gqa;
+    const std::size_t group = g.heads / g.kv_heads;
+    q.assign(n * g.heads * g.head_dim, 0.01f);
+    out.resize(q.size());
+    // g and group by value: they end with this block, the probe runs after it.
+    run = [&, g, group] {
+      parallel_for(long(n * g.heads), threads, [&](long i) {
+        const std::size_t s = std::size_t(i) / g.heads, h = std::size_t(i) % g.heads;
+        gqa_paged_attend_head(*seqs[s], s % L, h / group, context,
+                              q.data() + (s * g.heads + h) * g.head_dim, 0.1f,
+                              out.data() + (s * g.heads + h) * g.head_dim);
+      });
+    };
+  }
+  run();  // warm-up
+  const double bytes = double(n) * double(context) * double(layout.bytes_per_token()) / double(L);
+  return bytes / median_seconds(3, run) / 1e9;
+}
+
 }  // namespace
 
 double predict_step_seconds(const ModelConfig& c, std::size_t cache_bytes_per_token,
-                            std::size_t batch, std::size_t context, double gflops, double gbps) {
+                            std::size_t batch, std::size_t context, const StepRates& rates) {
+#if MLA_EXERCISES
+  (void)c, (void)cache_bytes_per_token, (void)batch, (void)context, (void)rates;
+  MLA_EXERCISE("8.2", "predict_step_seconds() (the step model on measured rates)",
+               "see chapters/08_serving/README.md, exercise 8.2");
+#else
+  const double B = double(batch);
+  const double t_weights = 2 * linear_params(c) * B / (rates.gemm_gflops * 1e9);
+  const double t_attn =
+      B * double(cache_bytes_per_token) * double(context) / (rates.attention_gbps * 1e9);
+  return t_weights + t_attn;
+#endif
+}
+
+double predict_step_seconds_roofline(const ModelConfig& c, std::size_t cache_bytes_per_token,
+                                     std::size_t batch, std::size_t context, double gflops,
+                                     double gbps) {
   const double P = linear_params(c), B = double(batch);
   // The weights: read once per step (4 bytes each), multiplied by every row.
   const double t_weights = std::max(2 * P * B / (gflops * 1e9), 4 * P / (gbps * 1e9));
@@ -158,6 +259,14 @@ std::vector<BenchRow> run_bench(const BenchOptions& o, const ch07::MachinePeak& 
           batches.push_back(bsz);
       }
       batches.push_back(max_seq);
+      // The attention rate, once per variant: enough sequences (one layer each) that their
+      // caches exceed the last-level cache — at least 256 MiB, or every sequence there is.
+      std::vector<PagedSequence*> probe;
+      for (std::size_t s = 0, bytes = 0; s < seqs.size() && bytes < (std::size_t{256} << 20); ++s) {
+        probe.push_back(seqs[s].get());
+        bytes += o.context * layout.bytes_per_token() / cfg.num_hidden_layers;
+      }
+      const double attn_gbps = probe_attention_gbps(cfg, layout, probe, o.context, o.threads);
       for (std::size_t bsz : batches) {
         std::vector<StepItem> items;
         for (std::size_t s = 0; s < bsz; ++s) items.push_back({seqs[s].get(), {int('a' + s % 26)}});
@@ -173,12 +282,20 @@ std::vector<BenchRow> run_bench(const BenchOptions& o, const ch07::MachinePeak& 
         r.batch = bsz;
         r.ms_per_step = 1e3 * median(t);
         r.tokens_per_s = double(bsz) / median(t);
-        r.predicted_ms_per_step = 1e3 * predict_step_seconds(cfg, layout.bytes_per_token(), bsz,
-                                                             o.context, peak.gflops, peak.gbps);
+        const StepRates rates{probe_gemm_gflops(*model, bsz), attn_gbps};
+        r.gemm_gflops = rates.gemm_gflops;
+        r.attention_gbps = rates.attention_gbps;
+        r.predicted_ms_per_step =
+            1e3 * predict_step_seconds(cfg, layout.bytes_per_token(), bsz, o.context, rates);
+        r.roofline_ms_per_step =
+            1e3 * predict_step_seconds_roofline(cfg, layout.bytes_per_token(), bsz, o.context,
+                                                peak.gflops, peak.gbps);
         rows.push_back(r);
         if (progress) {
-          std::cerr << "    batch " << bsz << ": " << r.ms_per_step << " ms/step (model "
-                    << r.predicted_ms_per_step << ")\n";
+          std::cerr << "    batch " << bsz << ": " << r.ms_per_step << " ms/step, model "
+                    << r.predicted_ms_per_step << " (" << r.gemm_gflops << " GFLOP/s GEMM, "
+                    << r.attention_gbps << " GB/s attention; roofline bound "
+                    << r.roofline_ms_per_step << ")\n";
         }
       }
     }

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "mla/exercise.hpp"
+
 namespace mla::ch08 {
 
 void SamplingParams::check() const {
@@ -25,6 +27,10 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), gen_(p.seed) {
 
 int Sampler::sample(const float* logits, std::size_t V) {
   if (p_.temperature == 0.0f) return argmax(logits, V);
+#if MLA_EXERCISES
+  MLA_EXERCISE("8.1", "Sampler::sample() (temperature, top-k, top-p)",
+               "see chapters/08_serving/README.md, exercise 8.1");
+#else
   // Candidates by decreasing logit (ties by id, so the order — and the draw — is repeatable).
   std::vector<int> ids(V);
   std::iota(ids.begin(), ids.end(), 0);
@@ -58,6 +64,7 @@ int Sampler::sample(const float* logits, std::size_t V) {
     if (u < acc) return ids[i];
   }
   return ids[keep - 1];
+#endif
 }
 
 }  // namespace mla::ch08
