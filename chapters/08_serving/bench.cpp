@@ -66,83 +66,91 @@ double median(std::vector<double> v) {
 }
 
 template <class F>
-double median_seconds(int reps, F&& f) {
-  std::vector<double> t;
-  for (int k = 0; k < reps; ++k) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(t);
+double seconds_of(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+/// A probe: one run of a kernel as the step runs it, and the work one run does (FLOPs or bytes).
+/// The bench times probes interleaved with the steps they model, so that a machine whose speed
+/// drifts (a shared host's memory bandwidth swings by 2x within a minute) moves both alike.
+struct Probe {
+  std::function<void()> run;
+  double work = 0;
+};
 
 /// The GEMM probe: the model's own MLP weights (every layer's gate, up, down: larger than the
 /// last-level cache, as in the step) times a (batch, D) matrix, through the same `linear` the
-/// step uses. GFLOP/s.
-double probe_gemm_gflops(const Model& m, std::size_t batch) {
+/// step uses. Work in FLOPs.
+Probe gemm_probe(const Model& m, std::size_t batch) {
   const ModelConfig& c = m.config;
-  Mat x = xt::empty<float>({batch, c.hidden_size});
-  Mat xi = xt::empty<float>({batch, c.intermediate_size});
-  std::fill(x.begin(), x.end(), 0.5f);
-  std::fill(xi.begin(), xi.end(), 0.5f);
-  const auto run = [&] {
+  auto x = std::make_shared<Mat>(xt::empty<float>({batch, c.hidden_size}));
+  auto xi = std::make_shared<Mat>(xt::empty<float>({batch, c.intermediate_size}));
+  std::fill(x->begin(), x->end(), 0.5f);
+  std::fill(xi->begin(), xi->end(), 0.5f);
+  Probe p;
+  p.run = [&m, x, xi] {
     for (const LayerWeights& l : m.weights.layers) {
-      const Mat g = linear(x, l.gate_proj), u = linear(x, l.up_proj), d = linear(xi, l.down_proj);
+      const Mat g = linear(*x, l.gate_proj), u = linear(*x, l.up_proj),
+                d = linear(*xi, l.down_proj);
       (void)g, (void)u, (void)d;
     }
   };
-  run();  // warm-up
-  const double flops = 2.0 * double(batch) * 3.0 * double(c.hidden_size) *
-                       double(c.intermediate_size) * double(c.num_hidden_layers);
-  return flops / median_seconds(3, run) / 1e9;
+  p.work = 2.0 * double(batch) * 3.0 * double(c.hidden_size) * double(c.intermediate_size) *
+           double(c.num_hidden_layers);
+  return p;
 }
 
 /// The attention probe: the step's decode kernel (MLA: chapter 7's best; GQA: the paged
 /// per-head kernel) over `seqs` sequences' pages, each at a different layer, so the caches read
-/// exceed the last-level cache as they do in the step. GB/s of cache read.
-double probe_attention_gbps(const ModelConfig& c, const PageLayout& layout,
-                            const std::vector<PagedSequence*>& seqs, std::size_t context,
-                            int threads) {
+/// exceed the last-level cache as they do in the step. Work in bytes of cache read.
+Probe attention_probe(const ModelConfig& c, const PageLayout& layout,
+                      const std::vector<PagedSequence*>& seqs, std::size_t context, int threads) {
   const std::size_t n = seqs.size(), L = c.num_hidden_layers;
-  std::function<void()> run;
-  std::vector<float> q, qr, out;
-  std::vector<ch07::SeqRef> refs(n);
-  ch07::DecodeArgs a;
+  Probe p;
+  p.work = double(n) * double(context) * double(layout.bytes_per_token()) / double(L);
   if (c.attention == AttentionKind::MLA) {
+    // Everything the kernel reads lives in this shared state, which the closure keeps alive.
+    struct State {
+      std::vector<float> q, qr, out;
+      std::vector<ch07::SeqRef> refs;
+      ch07::DecodeArgs a;
+    };
+    auto st = std::make_shared<State>();
     const std::size_t H = c.mla.num_attention_heads, dc = c.mla.kv_lora_rank,
                       dr = c.mla.qk_rope_head_dim;
-    q.assign(n * H * dc, 0.01f);
-    qr.assign(n * H * dr, 0.01f);
-    out.resize(n * H * dc);
-    for (std::size_t s = 0; s < n; ++s) refs[s] = {&seqs[s]->latent(s % L), context};
+    st->q.assign(n * H * dc, 0.01f);
+    st->qr.assign(n * H * dr, 0.01f);
+    st->out.resize(n * H * dc);
+    st->refs.resize(n);
+    for (std::size_t s = 0; s < n; ++s) st->refs[s] = {&seqs[s]->latent(s % L), context};
+    ch07::DecodeArgs& a = st->a;
     a.batch = n;
     a.heads = H;
     a.d_c = dc;
     a.d_r = dr;
-    a.q_lat = q.data();
-    a.q_rope = qr.data();
+    a.q_lat = st->q.data();
+    a.q_rope = st->qr.data();
     a.scale = 0.1f;
-    a.out = out.data();
+    a.out = st->out.data();
     a.threads = threads;
-    run = [&] { ch07::mla_decode_best(refs.data(), a); };
+    p.run = [st] { ch07::mla_decode_best(st->refs.data(), st->a); };
   } else {
-    const GqaConfig& g = c.gqa;
+    const GqaConfig g = c.gqa;
     const std::size_t group = g.heads / g.kv_heads;
-    q.assign(n * g.heads * g.head_dim, 0.01f);
-    out.resize(q.size());
-    // g and group by value: they end with this block, the probe runs after it.
-    run = [&, g, group] {
-      parallel_for(long(n * g.heads), threads, [&](long i) {
+    auto q = std::make_shared<std::vector<float>>(n * g.heads * g.head_dim, 0.01f);
+    auto out = std::make_shared<std::vector<float>>(q->size());
+    p.run = [seqs, g, group, L, context, threads, q, out] {
+      parallel_for(long(seqs.size() * g.heads), threads, [&](long i) {
         const std::size_t s = std::size_t(i) / g.heads, h = std::size_t(i) % g.heads;
         gqa_paged_attend_head(*seqs[s], s % L, h / group, context,
-                              q.data() + (s * g.heads + h) * g.head_dim, 0.1f,
-                              out.data() + (s * g.heads + h) * g.head_dim);
+                              q->data() + (s * g.heads + h) * g.head_dim, 0.1f,
+                              out->data() + (s * g.heads + h) * g.head_dim);
       });
     };
   }
-  run();  // warm-up
-  const double bytes = double(n) * double(context) * double(layout.bytes_per_token()) / double(L);
-  return bytes / median_seconds(3, run) / 1e9;
+  return p;
 }
 
 }  // namespace
@@ -259,30 +267,35 @@ std::vector<BenchRow> run_bench(const BenchOptions& o, const ch07::MachinePeak& 
           batches.push_back(bsz);
       }
       batches.push_back(max_seq);
-      // The attention rate, once per variant: enough sequences (one layer each) that their
+      // The attention probe's sequences: enough (one layer each) that their
       // caches exceed the last-level cache — at least 256 MiB, or every sequence there is.
       std::vector<PagedSequence*> probe;
       for (std::size_t s = 0, bytes = 0; s < seqs.size() && bytes < (std::size_t{256} << 20); ++s) {
         probe.push_back(seqs[s].get());
         bytes += o.context * layout.bytes_per_token() / cfg.num_hidden_layers;
       }
-      const double attn_gbps = probe_attention_gbps(cfg, layout, probe, o.context, o.threads);
+      const Probe attn = attention_probe(cfg, layout, probe, o.context, o.threads);
+      attn.run();  // warm-up
       for (std::size_t bsz : batches) {
         std::vector<StepItem> items;
         for (std::size_t s = 0; s < bsz; ++s) items.push_back({seqs[s].get(), {int('a' + s % 26)}});
+        const Probe gemm = gemm_probe(*model, bsz);
         engine.step(items);  // warm-up
-        std::vector<double> t;
+        gemm.run();
+        // Step, GEMM probe, attention probe, in turn: each rate is measured within a second of
+        // the steps it predicts (medians of each).
+        std::vector<double> t, t_gemm, t_attn;
         for (std::size_t k = 0; k < o.steps; ++k) {
           for (auto& it : items) it.tokens = {int('a' + k % 26)};
-          const auto t0 = std::chrono::steady_clock::now();
-          engine.step(items);
-          t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          t.push_back(seconds_of([&] { engine.step(items); }));
+          t_gemm.push_back(seconds_of(gemm.run));
+          t_attn.push_back(seconds_of(attn.run));
         }
         BenchRow r = base;
         r.batch = bsz;
         r.ms_per_step = 1e3 * median(t);
         r.tokens_per_s = double(bsz) / median(t);
-        const StepRates rates{probe_gemm_gflops(*model, bsz), attn_gbps};
+        const StepRates rates{gemm.work / median(t_gemm) / 1e9, attn.work / median(t_attn) / 1e9};
         r.gemm_gflops = rates.gemm_gflops;
         r.attention_gbps = rates.attention_gbps;
         r.predicted_ms_per_step =

@@ -23,7 +23,7 @@ struct BenchOptions {
   std::size_t d_model = 2048;       ///< V2-Lite's hidden size
   std::size_t layers = 2;           ///< depth: small, so a run takes minutes on 2 cores
   std::size_t intermediate = 4096;  ///< I: the MLP's width
-  std::size_t steps = 3;            ///< timed decode steps at each batch
+  std::size_t steps = 5;            ///< timed decode steps at each batch (each beside its probes)
   int threads = 2;                  ///< worker threads
   bool sweep = true;                ///< also throughput against batch size
 };
