@@ -206,6 +206,40 @@ TEST_CASE("the tiled latent cache keeps every number, pads with zeros, never mov
   CHECK(half.bytes_per_step() == Approx(cache.bytes_per_step() / 2));
 }
 
+TEST_CASE("a gathered cache holds exactly the selected rows, in order, for every cache type",
+          "[ch07]") {
+  const std::size_t d_c = 160, d_r = 6, n = 200;  // FP8: two scale tiles, the second partial
+  Rng rng(4);
+  const Mat c = rng.normal(n, d_c), k = rng.normal(n, d_r);
+  // Repeats, unused slots (-1), both ends, and more rows than a tile: 3 tiles of the gather.
+  std::vector<std::int32_t> idx;
+  for (int j = 0; j < 150; ++j) idx.push_back(j % 7 == 3 ? -1 : (j * 37) % int(n));
+  idx.push_back(0);
+  idx.push_back(int(n) - 1);
+  for (const CacheType type : {CacheType::F32, CacheType::BF16, CacheType::FP8}) {
+    for (const int threads : {1, 2}) {
+      LatentCache src(d_c, d_r, type), dst(d_c, d_r, type);
+      src.append(c.data(), k.data(), n);
+      dst.append(c.data(), k.data(), 5);  // appended after what is there
+      dst.append_gathered(src, idx.data(), idx.size(), threads);
+      std::size_t row = 5;
+      for (const std::int32_t t : idx) {
+        if (t < 0) continue;
+        for (std::size_t j = 0; j < d_c + d_r; ++j) REQUIRE(dst.at(row, j) == src.at(t, j));
+        ++row;
+      }
+      CHECK(dst.size() == row);
+      for (std::size_t j = 0; j < d_c; ++j) REQUIRE(dst.at(2, j) == src.at(2, j));
+    }
+  }
+  LatentCache src(d_c, d_r), dst(d_c, d_r), other(d_c, d_r, CacheType::BF16);
+  src.append(c.data(), k.data(), n);
+  const std::int32_t past[] = {3, int(n)};
+  CHECK_THROWS_AS(dst.append_gathered(src, past, 2), std::invalid_argument);
+  CHECK(dst.size() == 0);  // nothing written before the check
+  CHECK_THROWS_AS(other.append_gathered(src, past, 1), std::invalid_argument);
+}
+
 TEST_CASE("the tiled kernels attend to a prefix of each cache, and an empty prefix gives zeros",
           "[ch07]") {
   // Three sequences of one cache, seeing 1, 65 and 130 tokens (what a causal prefill asks).

@@ -529,5 +529,6 @@ TEST_CASE("A sparse decode step is much faster than chapter 7's dense step at lo
                                },
                                3);
   INFO("sparse step is " << ratio << "x faster than dense (FLOPs: 8x)");
-  CHECK(ratio >= 2.5);
+  // 8.2x measured on a quiet AVX-512 machine: half of it leaves room for a busy one.
+  CHECK(ratio >= 4.0);
 }

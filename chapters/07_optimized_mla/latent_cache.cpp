@@ -7,9 +7,11 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "07_optimized_mla/kernels/bf16.hpp"
 #include "mla/fp8.hpp"
+#include "mla/parallel.hpp"
 
 namespace mla::ch07 {
 
@@ -150,6 +152,51 @@ void LatentCache::append(const float* c_kv, const float* k_rope, std::size_t n) 
 void LatentCache::append_rows(const float* rows, std::size_t n) {
   const std::size_t D = d_c_ + d_r_;
   for (std::size_t i = 0; i < n; ++i) append(rows + i * D, rows + i * D + d_c_, 1);
+}
+
+void LatentCache::append_gathered(const LatentCache& src, const std::int32_t* idx, std::size_t n,
+                                  int threads) {
+  if (src.type_ != type_ || src.d_c_ != d_c_ || src.d_r_ != d_r_ || src.fp8_tile_ != fp8_tile_) {
+    throw std::invalid_argument(
+        "LatentCache::append_gathered: the source cache has another "
+        "type or other widths");
+  }
+  // Destination slot of every kept index (a prefix count), checked before anything is written.
+  std::vector<std::size_t> from, to;
+  from.reserve(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    if (idx[j] < 0) continue;
+    if (static_cast<std::size_t>(idx[j]) >= src.size_) {
+      throw std::invalid_argument("LatentCache::append_gathered: index " + std::to_string(idx[j]) +
+                                  " is not below the source's " + std::to_string(src.size_) +
+                                  " tokens");
+    }
+    from.push_back(static_cast<std::size_t>(idx[j]));
+  }
+  if (from.empty()) return;
+  const std::size_t first = size_;
+  for (std::size_t t = first; t < first + from.size(); t += kTileTokens) row(t);  // allocate
+  row(first + from.size() - 1);
+  const auto src_row = [&src](std::size_t t) {
+    return src.tile_ptrs_[t / kTileTokens] + (t % kTileTokens) * src.row_bytes_;
+  };
+  // A chunk of rows per task: big enough that the prefetch runs ahead, small enough to balance.
+  constexpr std::size_t kChunk = 64, kAhead = 4;
+  const std::size_t rb = row_bytes_;
+  const long chunks = static_cast<long>((from.size() + kChunk - 1) / kChunk);
+  mla::parallel_for(chunks, std::max(threads, 1), [&](long c) {
+    const std::size_t j0 = static_cast<std::size_t>(c) * kChunk;
+    const std::size_t j1 = std::min(from.size(), j0 + kChunk);
+    for (std::size_t j = j0; j < j1; ++j) {
+      if (j + kAhead < j1) {
+        const unsigned char* next = src_row(from[j + kAhead]);
+        for (std::size_t b = 0; b < rb; b += 64) __builtin_prefetch(next + b);
+      }
+      const std::size_t t = first + j;
+      std::memcpy(tile_ptrs_[t / kTileTokens] + (t % kTileTokens) * rb, src_row(from[j]), rb);
+    }
+  });
+  size_ = first + from.size();
 }
 
 float LatentCache::at(std::size_t t, std::size_t k) const {

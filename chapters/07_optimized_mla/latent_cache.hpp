@@ -86,6 +86,14 @@ class LatentCache {
   void append(const float* c_kv, const float* k_rope, std::size_t n);
   /// Append n tokens given as rows (n, d_c + d_r) = [c_kv | k_rope].
   void append_rows(const float* rows, std::size_t n);
+  /// Append copies of `src`'s tokens `idx[0..n)` (entries < 0 are skipped, as a sparse
+  /// selection marks unused slots), row bytes as they are: same type and widths as this cache,
+  /// every index < src.size() (else std::invalid_argument). The copy runs on `threads` threads
+  /// with the next rows prefetched: a gather of scattered rows is bound by memory latency, and
+  /// one thread alone reaches a fraction of the bandwidth (chapter 9's sparse attention gathers
+  /// 2,048 rows of 2,304 bytes per decode step this way).
+  void append_gathered(const LatentCache& src, const std::int32_t* idx, std::size_t n,
+                       int threads = 1);
   /// Forget every token (keeps the memory).
   void clear() { size_ = 0; }
   /// Use `tile` as the next tile instead of allocating one: tile_bytes() bytes, 64-byte aligned,

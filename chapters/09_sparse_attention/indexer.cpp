@@ -290,55 +290,53 @@ namespace {
 using V = xsimd::batch<float>;
 constexpr std::size_t W = V::size;  // floats per vector: 16 with AVX-512, 8 with AVX2
 
-// Scores of kKeys = 2·W keys starting at t0 (all of them < T): the keys transposed into kt
-// (DI, 2W), then per group of 4 heads and per feature i, 2 vector loads of kt, 4 broadcasts of
-// Q and 8 FMAs into 8 accumulators (the 8 (head, key-vector) pairs); ReLU, weighted by coef, and
-// summed over the heads into 2 vectors of out.
-void score_block(const float* K, std::size_t DI, const float* Q, std::size_t HI, const float* coef,
-                 float* kt, float* out) {
-  constexpr std::size_t kKeys = 2 * W;
-  for (std::size_t j = 0; j < kKeys; ++j) {
-    for (std::size_t i = 0; i < DI; ++i) kt[i * kKeys + j] = K[j * DI + i];
-  }
-  V total0(0.0f), total1(0.0f);
-  std::size_t h0 = 0;
-  for (; h0 + 4 <= HI; h0 += 4) {
-    V a00(0.0f), a01(0.0f), a10(0.0f), a11(0.0f), a20(0.0f), a21(0.0f), a30(0.0f), a31(0.0f);
-    const float *q0 = Q + h0 * DI, *q1 = q0 + DI, *q2 = q1 + DI, *q3 = q2 + DI;
-    for (std::size_t i = 0; i < DI; ++i) {
-      const V k0 = V::load_aligned(kt + i * kKeys), k1 = V::load_aligned(kt + i * kKeys + W);
-      const V b0(q0[i]), b1(q1[i]), b2(q2[i]), b3(q3[i]);
-      a00 = xsimd::fma(b0, k0, a00);
-      a01 = xsimd::fma(b0, k1, a01);
-      a10 = xsimd::fma(b1, k0, a10);
-      a11 = xsimd::fma(b1, k1, a11);
-      a20 = xsimd::fma(b2, k0, a20);
-      a21 = xsimd::fma(b2, k1, a21);
-      a30 = xsimd::fma(b3, k0, a30);
-      a31 = xsimd::fma(b3, k1, a31);
+// The fast index scores are a small matrix product and a reduction: S (HI, T) = Q (HI, DI) ·
+// Kᵀ, then out[t] = Σ_h coef_h · ReLU(S[h][t]). Heads go in the vector lanes: Q is transposed
+// once per query into Qt (DI, HP) (HP = HI rounded up to a vector; padded heads have q = 0 and
+// coef = 0, so they add ReLU(0) · 0 = 0), which stays in L1 (128 × 64 floats = 32 KiB). A
+// micro-kernel then takes kKeyRows keys and kHeadVecs vectors of heads: per feature i, kHeadVecs
+// loads of Qt, kKeyRows broadcasts of K[t][i] and kKeyRows · kHeadVecs FMAs into as many
+// accumulators (24 of AVX-512's 32 registers; 9 of AVX2's 16). K is read in its own row-major
+// layout, once: no transposed copy of the keys (an earlier version transposed every block of
+// keys element by element, which cost about as much as the FMAs).
+constexpr int kKeyRows = W >= 16 ? 6 : 3;
+constexpr int kHeadVecs = W >= 16 ? 4 : 3;
+
+// tot[j] += Σ over NV head vectors of coef · ReLU(q · k_j), for NK keys at K (rows of DI).
+template <int NK, int NV>
+inline void index_micro(const float* K, std::size_t DI, const float* qt, std::size_t HP,
+                        const float* cf, float* tot) {
+  V acc[NK][NV];
+  for (int j = 0; j < NK; ++j)
+    for (int v = 0; v < NV; ++v) acc[j][v] = V(0.0f);
+  for (std::size_t i = 0; i < DI; ++i) {
+    V q[NV];
+    for (int v = 0; v < NV; ++v) q[v] = V::load_aligned(qt + i * HP + std::size_t(v) * W);
+    for (int j = 0; j < NK; ++j) {
+      const V k(K[std::size_t(j) * DI + i]);
+      for (int v = 0; v < NV; ++v) acc[j][v] = xsimd::fma(k, q[v], acc[j][v]);
     }
-    const V zero(0.0f);
-    total0 = xsimd::fma(V(coef[h0]), xsimd::max(a00, zero), total0);
-    total1 = xsimd::fma(V(coef[h0]), xsimd::max(a01, zero), total1);
-    total0 = xsimd::fma(V(coef[h0 + 1]), xsimd::max(a10, zero), total0);
-    total1 = xsimd::fma(V(coef[h0 + 1]), xsimd::max(a11, zero), total1);
-    total0 = xsimd::fma(V(coef[h0 + 2]), xsimd::max(a20, zero), total0);
-    total1 = xsimd::fma(V(coef[h0 + 2]), xsimd::max(a21, zero), total1);
-    total0 = xsimd::fma(V(coef[h0 + 3]), xsimd::max(a30, zero), total0);
-    total1 = xsimd::fma(V(coef[h0 + 3]), xsimd::max(a31, zero), total1);
   }
-  for (; h0 < HI; ++h0) {  // HI not a multiple of 4: the last heads one at a time
-    V a0(0.0f), a1(0.0f);
-    for (std::size_t i = 0; i < DI; ++i) {
-      const V b(Q[h0 * DI + i]);
-      a0 = xsimd::fma(b, V::load_aligned(kt + i * kKeys), a0);
-      a1 = xsimd::fma(b, V::load_aligned(kt + i * kKeys + W), a1);
-    }
-    total0 = xsimd::fma(V(coef[h0]), xsimd::max(a0, V(0.0f)), total0);
-    total1 = xsimd::fma(V(coef[h0]), xsimd::max(a1, V(0.0f)), total1);
+  const V zero(0.0f);
+  for (int j = 0; j < NK; ++j) {
+    V sum(0.0f);
+    for (int v = 0; v < NV; ++v)
+      sum = xsimd::fma(V::load_aligned(cf + std::size_t(v) * W), xsimd::max(acc[j][v], zero), sum);
+    tot[j] += xsimd::hadd(sum);
   }
-  total0.store_unaligned(out);
-  total1.store_unaligned(out + W);
+}
+
+// NK keys against every head: the head vectors kHeadVecs at a time, then the rest.
+template <int NK>
+void index_keys(const float* K, std::size_t DI, const float* qt, std::size_t HP, const float* cf,
+                float* out) {
+  float tot[NK] = {};
+  const std::size_t nv = HP / W;
+  std::size_t v = 0;
+  for (; v + kHeadVecs <= nv; v += kHeadVecs)
+    index_micro<NK, kHeadVecs>(K, DI, qt + v * W, HP, cf + v * W, tot);
+  for (; v < nv; ++v) index_micro<NK, 1>(K, DI, qt + v * W, HP, cf + v * W, tot);
+  for (int j = 0; j < NK; ++j) out[j] = tot[j];
 }
 
 }  // namespace
@@ -346,31 +344,25 @@ void score_block(const float* K, std::size_t DI, const float* Q, std::size_t HI,
 void indexer_scores_fast(const float* K, std::size_t T, std::size_t DI, const float* Q,
                          std::size_t HI, const float* coef, float* out, int threads) {
   if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  constexpr std::size_t kKeys = 2 * W;
+  const std::size_t HP = (HI + W - 1) / W * W;
+  std::vector<float, xsimd::aligned_allocator<float, 64>> qt(DI * HP, 0.0f), cf(HP, 0.0f);
+  for (std::size_t h = 0; h < HI; ++h) {
+    cf[h] = coef[h];
+    for (std::size_t i = 0; i < DI; ++i) qt[i * HP + h] = Q[h * DI + i];
+  }
+  constexpr std::size_t kKeys = kKeyRows;
   const std::size_t blocks = T / kKeys;
   // Below 64 blocks of keys a second thread costs more to wake than it saves.
   const int nt = blocks >= 64 ? threads : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    std::vector<float, xsimd::aligned_allocator<float, 64>> kt(
-        DI * kKeys);  // (DI, 2W): this thread's transposed block of keys
-    // Dynamic, in runs of 16 blocks: on a shared machine a thread that loses its core for a
-    // while leaves its blocks to the other instead of making it wait at the end.
-#pragma omp for schedule(dynamic, 16)
-    for (std::size_t b = 0; b < blocks; ++b) {
-      score_block(K + b * kKeys * DI, DI, Q, HI, coef, kt.data(), out + b * kKeys);
-    }
+  // Dynamic, in runs of 32 blocks: on a shared machine a thread that loses its core for a while
+  // leaves its blocks to the other instead of making it wait at the end.
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 32) if (nt > 1)
+  for (std::size_t b = 0; b < blocks; ++b) {
+    index_keys<kKeyRows>(K + b * kKeys * DI, DI, qt.data(), HP, cf.data(), out + b * kKeys);
   }
-  // The last T mod 2W keys, one dot product at a time.
-  for (std::size_t t = blocks * kKeys; t < T; ++t) {
-    float acc = 0.0f;
-    for (std::size_t h = 0; h < HI; ++h) {
-      float dot = 0.0f;
-      for (std::size_t i = 0; i < DI; ++i) dot += Q[h * DI + i] * K[t * DI + i];
-      acc += coef[h] * std::max(dot, 0.0f);
-    }
-    out[t] = acc;
-  }
+  // The last T mod kKeyRows keys, one at a time.
+  for (std::size_t t = blocks * kKeys; t < T; ++t)
+    index_keys<1>(K + t * DI, DI, qt.data(), HP, cf.data(), out + t);
 }
 
 void Indexer::scores(const IndexerQueries& q, std::size_t n, std::size_t b, std::size_t visible,

@@ -209,9 +209,10 @@ class Indexer {
 
 /// Exact index scores of one query against T keys, the fast way: K (T, DI) row-major keys, Q
 /// (HI, DI) the query's heads, coef (HI) = w_h · DI^-0.5; out (T) = Σ_h coef_h · ReLU(K_t · Q_h).
-/// Blocks of 2 vectors of keys (32 with AVX-512), transposed into L1 so that each key is a
-/// vector lane: per feature, 2 loads, 4 broadcasts of Q, 8 FMAs (4 heads × 2 key vectors); the
-/// blocks are shared out dynamically over `threads` OpenMP threads (0: every hardware thread).
+/// Heads in the vector lanes: Q transposed once (DI, HI rounded up to a vector, zero-padded),
+/// then per block of 6 keys (3 with AVX2) and per feature, 4 loads of Qt, 6 broadcasts of K and
+/// 24 FMAs (4 vectors of heads × 6 keys), K read in place; the blocks are shared out
+/// dynamically over `threads` OpenMP threads (0: every hardware thread).
 /// The sums run in another order than scores_reference's: equal within float rounding.
 void indexer_scores_fast(const float* K, std::size_t T, std::size_t DI, const float* Q,
                          std::size_t HI, const float* coef, float* out, int threads = 0);

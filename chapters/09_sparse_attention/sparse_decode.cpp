@@ -18,16 +18,11 @@ void sparse_decode_gathered(const ch07::LatentCache& cache, const std::int32_t* 
         "sparse_decode_gathered: needs F32 caches of the same widths, visible <= size, batch 1");
   }
   check_indices(idx, k, visible);
-  // The gather: each selected row [c_kv | k_rope] of its tile into the next row of the scratch
-  // tile, so chapter 7's kernel sees a dense cache of the k selected tokens.
+  // The gather: the selected rows [c_kv | k_rope] copied, in the selection's order, into the
+  // scratch cache's tiles (on the step's threads), so chapter 7's kernel sees a dense cache of
+  // the k selected tokens.
   scratch.clear();
-  const std::size_t T = ch07::LatentCache::kTileTokens, stride = cache.stride();
-  for (std::size_t j = 0; j < k; ++j) {
-    if (idx[j] < 0) continue;
-    const std::size_t t = static_cast<std::size_t>(idx[j]);
-    const float* row = cache.tile_f32(t / T) + (t % T) * stride;
-    scratch.append(row, row + cache.lat_stride(), 1);
-  }
+  scratch.append_gathered(cache, idx, k, a.threads);
   if (scratch.size() == 0) {
     std::fill(a.out, a.out + a.heads * a.d_c, 0.0f);
     return;

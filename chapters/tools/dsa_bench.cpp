@@ -6,7 +6,8 @@
 // Rows: "dense_v5" (chapter 7's mla_decode_best over all T cached tokens), then the sparse step's
 // parts: "sparse_indexer" (index scores of the query against all T indexer keys, through
 // ch09::indexer_scores_fast), "sparse_topk" (the k largest), "sparse_attention" (the k selected
-// rows gathered into a tile, chapter 7's kernel on it), and "sparse_step" (the three in a row),
+// rows gathered into a tile: "sparse_gather"; chapter 7's kernel on that tile: "sparse_attention"),
+// and "sparse_step" (all of them in a row),
 // with the indexer's share. Each row: the median and the fastest of its runs.
 //
 // It lives in chapters/tools/ because it times chapter 7's dense kernel and chapter 9's sparse
@@ -147,7 +148,19 @@ int main(int argc, char** argv) {
                                 o.threads);
     };
     const auto topk = [&] { ch09::select_topk_fast(scores.data(), T, o.topk, idx.data()); };
+    // The sparse attention in its two parts, timed apart: the gather of the k selected rows
+    // into a tile (memory-bound: scattered rows), and chapter 7's kernel on that tile
+    // (compute-bound). The step runs both through sparse_decode_gathered.
+    const auto gather = [&] {
+      scratch.clear();
+      scratch.append_gathered(cache, idx.data(), o.topk, o.threads);
+    };
     const auto attention = [&] {
+      a.out = sparse_out.data();
+      const ch07::SeqRef seq{&scratch, scratch.size()};
+      ch07::mla_decode_best(&seq, a);
+    };
+    const auto gather_and_attend = [&] {
       a.out = sparse_out.data();
       ch09::sparse_decode_gathered(cache, idx.data(), o.topk, T, a, scratch);
     };
@@ -175,15 +188,17 @@ int main(int argc, char** argv) {
     const std::size_t runs = o.quick ? 3 : 7;
     const double min_s = o.quick ? 0.005 : 0.05;
     const Timing Td = time_it(dense, runs, 1, min_s), Ti = time_it(indexer, runs, 1, min_s);
-    const Timing Tk = time_it(topk, runs, 1, min_s), Ta = time_it(attention, runs, 1, min_s);
+    const Timing Tk = time_it(topk, runs, 1, min_s), Tg = time_it(gather, runs, 1, min_s);
+    const Timing Ta = time_it(attention, runs, 1, min_s);  // on the tile the last gather made
     const Timing Ts = time_it(
         [&] {
           indexer();
           topk();
-          attention();
+          gather_and_attend();
         },
         runs, 1, min_s);
-    const double td = Td.median, ti = Ti.median, tk = Tk.median, ta = Ta.median, ts = Ts.median;
+    const double td = Td.median, ti = Ti.median, tk = Tk.median, tg = Tg.median, ta = Ta.median,
+                 ts = Ts.median;
 
     // FLOPs and bytes, per chapter 7's conventions (an FMA = 2 FLOPs; the cache read once).
     ch07::MlaProblem dp;
@@ -197,15 +212,16 @@ int main(int argc, char** argv) {
     const double f_idx = 2.0 * HI * DI * T + 2.0 * HI * T, b_idx = 4.0 * T * DI;
     const double f_topk = double(T), b_topk = 4.0 * T;
     // The gather reads k rows and writes them once more; the kernel reads them again.
-    const double f_att = ch07::mla_flops(sp),
-                 b_att = 3.0 * ch07::mla_bytes(sp, ch07::CacheType::F32);
-    std::vector<Row> rows{
-        make_row("dense_v5", Td, f_dense, b_dense, peak),
-        make_row("sparse_indexer", Ti, f_idx, b_idx, peak),
-        make_row("sparse_topk", Tk, f_topk, b_topk, peak),
-        make_row("sparse_attention", Ta, f_att, b_att, peak),
-        make_row("sparse_step", Ts, f_idx + f_topk + f_att, b_idx + b_topk + b_att, peak)};
-    const double share = ti / (ti + tk + ta);
+    const double f_att = ch07::mla_flops(sp), b_att = ch07::mla_bytes(sp, ch07::CacheType::F32);
+    const double f_gather = 0, b_gather = 2.0 * b_att;
+    std::vector<Row> rows{make_row("dense_v5", Td, f_dense, b_dense, peak),
+                          make_row("sparse_indexer", Ti, f_idx, b_idx, peak),
+                          make_row("sparse_topk", Tk, f_topk, b_topk, peak),
+                          make_row("sparse_gather", Tg, f_gather, b_gather, peak),
+                          make_row("sparse_attention", Ta, f_att, b_att, peak),
+                          make_row("sparse_step", Ts, f_idx + f_topk + f_att,
+                                   b_idx + b_topk + b_gather + b_att, peak)};
+    const double share = ti / (ti + tk + tg + ta);
     if (o.json) {
       for (const Row& r : rows) {
         nlohmann::json j{{"impl", r.impl},
