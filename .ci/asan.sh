@@ -30,10 +30,25 @@ cd "$build"
 status=0
 ctest -LE docs -j"$jobs" --output-on-failure --timeout 900 || status=1
 # Every program once more, at the tour's small sizes: their main() paths under the sanitizers.
-cmake --build "$build" --target tour > "$build/asan-tour.log" 2>&1 || {
-  status=1
-  echo "asan.sh: the tour failed under the sanitizers; the end of $build/asan-tour.log:" >&2
-  tail -n 40 "$build/asan-tour.log" >&2
-}
+# build/tour.txt holds the tour's commands, one per line (CMakeLists.txt writes it); they run
+# $jobs at a time — in order they take minutes under the sanitizers — each into its own log.
+tour_logs="$build/asan-tour"
+rm -rf "$tour_logs" && mkdir -p "$tour_logs"
+n=0
+while IFS= read -r cmd; do
+  [ -n "$cmd" ] || continue
+  n=$((n + 1))
+  (eval "$cmd" >"$tour_logs/$n.log" 2>&1 && touch "$tour_logs/$n.ok") &
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+done <"$build/tour.txt"
+wait
+for ((i = 1; i <= n; i++)); do
+  if [ ! -f "$tour_logs/$i.ok" ]; then
+    status=1
+    echo "asan.sh: a tour program failed under the sanitizers: $(sed -n "${i}p" "$build/tour.txt")" >&2
+    tail -n 40 "$tour_logs/$i.log" >&2
+  fi
+done
+[ "$n" -gt 0 ] || { status=1; echo "asan.sh: $build/tour.txt lists no programs" >&2; }
 [ "$status" -eq 0 ] && echo "asan.sh: the tests and the tour ran clean under ASan + UBSan + LSan"
 exit "$status"
