@@ -392,15 +392,8 @@ TEST_CASE("Sparse decode on chapter 7's kernel = the reference gathered form, Na
   ch07::LatentCache cache(d_c, d_r), scratch(d_c, d_r);
   cache.append(Cn.data(), KRn.data(), T);
   std::vector<float> fast(H * d_c), ref(H * d_c);
-  ch07::DecodeArgs a;
-  a.heads = H;
-  a.d_c = d_c;
-  a.d_r = d_r;
-  a.q_lat = ql.data();
-  a.q_rope = qr.data();
-  a.scale = 0.1f;
-  a.out = fast.data();
-  a.threads = 2;
+  const ch07::DecodeArgs a =
+      ch07::make_decode_args(1, H, d_c, d_r, ql.data(), qr.data(), 0.1f, fast.data(), 2);
   sparse_decode_gathered(cache, idx.data(), idx.size(), T, a, scratch);
   sparse_attend_gathered({C.data(), KR.data(), T, d_c, d_r}, idx.data(), idx.size(), T,
                          {H, ql.data(), qr.data(), 0.1f, ref.data()});
@@ -510,15 +503,8 @@ TEST_CASE("A sparse decode step is much faster than chapter 7's dense step at lo
   std::vector<float> q_lat = test::random_vector(rng, H * d_c),
                      q_rope = test::random_vector(rng, H * d_r), out(H * d_c), scores(T);
   std::vector<std::int32_t> idx(K);
-  ch07::DecodeArgs a;
-  a.heads = H;
-  a.d_c = d_c;
-  a.d_r = d_r;
-  a.q_lat = q_lat.data();
-  a.q_rope = q_rope.data();
-  a.scale = 0.07f;
-  a.out = out.data();
-  a.threads = 1;
+  const ch07::DecodeArgs a =
+      ch07::make_decode_args(1, H, d_c, d_r, q_lat.data(), q_rope.data(), 0.07f, out.data(), 1);
   const ch07::SeqRef seq{&cache, T};
   const double ratio = speedup([&] { ch07::mla_decode_best(&seq, a); },
                                [&] {

@@ -39,17 +39,8 @@ class FastLatentAttention final : public ch06::LatentAttention {
     // S queries = a batch of S "sequences" sharing one cache, each seeing its causal prefix.
     seqs_.resize(S);
     for (std::size_t i = 0; i < S; ++i) seqs_[i] = {&cache_, start + i + 1};
-    DecodeArgs a;
-    a.batch = S;
-    a.heads = heads_;
-    a.d_c = d_c_;
-    a.d_r = d_r_;
-    a.q_lat = q_lat;
-    a.q_rope = q_rope;
-    a.scale = scale;
-    a.out = out;
-    a.threads = threads_;
-    mla_decode_best(seqs_.data(), a);
+    mla_decode_best(seqs_.data(),
+                    make_decode_args(S, heads_, d_c_, d_r_, q_lat, q_rope, scale, out, threads_));
   }
 
   std::size_t size() const override { return cache_.size(); }

@@ -113,17 +113,8 @@ MlaInputs MlaInputs::random(const MlaProblem& p, std::uint64_t seed, bool with_l
 }
 
 DecodeArgs MlaInputs::args(float* out, int threads) const {
-  DecodeArgs a;
-  a.batch = dims.batch;
-  a.heads = dims.heads;
-  a.d_c = dims.d_c;
-  a.d_r = dims.d_r;
-  a.q_lat = q_lat.data();
-  a.q_rope = q_rope.data();
-  a.scale = scale;
-  a.out = out;
-  a.threads = threads;
-  return a;
+  return make_decode_args(dims.batch, dims.heads, dims.d_c, dims.d_r, q_lat.data(), q_rope.data(),
+                          scale, out, threads);
 }
 
 double MlaInputs::bytes_held() const {

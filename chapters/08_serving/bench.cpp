@@ -125,16 +125,8 @@ Probe attention_probe(const ModelConfig& c, const PageLayout& layout,
     st->out.resize(n * H * dc);
     st->refs.resize(n);
     for (std::size_t s = 0; s < n; ++s) st->refs[s] = {&seqs[s]->latent(s % L), context};
-    ch07::DecodeArgs& a = st->a;
-    a.batch = n;
-    a.heads = H;
-    a.d_c = dc;
-    a.d_r = dr;
-    a.q_lat = st->q.data();
-    a.q_rope = st->qr.data();
-    a.scale = 0.1f;
-    a.out = st->out.data();
-    a.threads = threads;
+    st->a = ch07::make_decode_args(n, H, dc, dr, st->q.data(), st->qr.data(), 0.1f, st->out.data(),
+                                   threads);
     p.run = [st] { ch07::mla_decode_best(st->refs.data(), st->a); };
   } else {
     const GqaConfig g = c.gqa;

@@ -55,17 +55,9 @@ Mat Engine::mla_attention(std::size_t l, const Mat& h, const std::vector<PagedSe
   std::vector<ch07::SeqRef> seqs(N);
   for (std::size_t r = 0; r < N; ++r) seqs[r] = {&row_seq[r]->latent(l), pos[r] + 1};
   Mat o_lat = xt::empty<float>({N * H, dc});
-  ch07::DecodeArgs a;
-  a.batch = N;
-  a.heads = H;
-  a.d_c = dc;
-  a.d_r = dr;
-  a.q_lat = q_lat.data();
-  a.q_rope = q_rope.data();
-  a.scale = layer.softmax_scale();
-  a.out = o_lat.data();
-  a.threads = threads_;
-  ch07::mla_decode_best(seqs.data(), a);
+  ch07::mla_decode_best(seqs.data(),
+                        ch07::make_decode_args(N, H, dc, dr, q_lat.data(), q_rope.data(),
+                                               layer.softmax_scale(), o_lat.data(), threads_));
   Mat o = ch05::expand_output(o_lat, up_[l].W_uv, H);  // (N·H, d_v)
   o.reshape({N, H * c.v_head_dim});
   return linear(o, m_->weights.layers[l].mla->o_proj);

@@ -208,15 +208,9 @@ void cost_table(std::size_t H, std::size_t K, std::size_t T_max, int threads, bo
       const Mat keys = rng.normal(T, DI);
       std::vector<float> scores(T);
       std::vector<std::int32_t> idx(K);
-      ch07::DecodeArgs a;
-      a.heads = H;
-      a.d_c = d_c;
-      a.d_r = d_r;
-      a.q_lat = q_lat.data();
-      a.q_rope = q_rope.data();
-      a.scale = 1.0f / std::sqrt(192.0f);
-      a.out = out.data();
-      a.threads = threads;
+      const ch07::DecodeArgs a =
+          ch07::make_decode_args(1, H, d_c, d_r, q_lat.data(), q_rope.data(),
+                                 1.0f / std::sqrt(192.0f), out.data(), threads);
       const ch07::SeqRef seq{&cache, T};
       td = time_it([&] { ch07::mla_decode_best(&seq, a); }, runs, 1, 0.01).median;
       const auto indexer = [&] {

@@ -74,16 +74,9 @@ class FastSparseAttention final : public ch06::LatentAttention {
       throw std::logic_error("FastSparseAttention: the selection does not fit this call");
     }
     for (std::size_t s = 0; s < S; ++s) {
-      ch07::DecodeArgs a;
-      a.batch = 1;
-      a.heads = heads_;
-      a.d_c = d_c_;
-      a.d_r = d_r_;
-      a.q_lat = q_lat + s * heads_ * d_c_;
-      a.q_rope = q_rope + s * heads_ * d_r_;
-      a.scale = scale;
-      a.out = out + s * heads_ * d_c_;
-      a.threads = threads_;
+      const ch07::DecodeArgs a = ch07::make_decode_args(
+          1, heads_, d_c_, d_r_, q_lat + s * heads_ * d_c_, q_rope + s * heads_ * d_r_, scale,
+          out + s * heads_ * d_c_, threads_);
       sparse_decode_gathered(cache_, sel_->row(seq_, s), sel_->topk, start + s + 1, a, scratch_);
     }
   }

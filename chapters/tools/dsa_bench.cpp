@@ -127,14 +127,8 @@ int main(int argc, char** argv) {
     std::vector<float> q_lat(H * d_c), q_rope(H * d_r), dense_out(H * d_c), sparse_out(H * d_c);
     for (float& v : q_lat) v = rng.normal();
     for (float& v : q_rope) v = rng.normal();
-    ch07::DecodeArgs a;
-    a.heads = H;
-    a.d_c = d_c;
-    a.d_r = d_r;
-    a.q_lat = q_lat.data();
-    a.q_rope = q_rope.data();
-    a.scale = 1.0f / std::sqrt(192.0f);
-    a.threads = o.threads;
+    ch07::DecodeArgs a = ch07::make_decode_args(1, H, d_c, d_r, q_lat.data(), q_rope.data(),
+                                                1.0f / std::sqrt(192.0f), nullptr, o.threads);
     std::vector<float> scores(T);
     std::vector<std::int32_t> idx(o.topk);
 

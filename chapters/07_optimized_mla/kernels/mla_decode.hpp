@@ -34,6 +34,25 @@ struct DecodeArgs {
   int threads = 1;       ///< threads the threaded versions may use
 };
 
+/// The arguments of a decode step in one call: B sequences of H heads over latents of d_c and
+/// rope keys of d_r numbers, the queries q_lat (B, H, d_c) and q_rope (B, H, d_r), the output
+/// (B, H, d_c), the softmax scale and the threads (the pointers stay the caller's).
+inline DecodeArgs make_decode_args(std::size_t batch, std::size_t heads, std::size_t d_c,
+                                   std::size_t d_r, const float* q_lat, const float* q_rope,
+                                   float scale, float* out, int threads = 1) {
+  DecodeArgs a;
+  a.batch = batch;
+  a.heads = heads;
+  a.d_c = d_c;
+  a.d_r = d_r;
+  a.q_lat = q_lat;
+  a.q_rope = q_rope;
+  a.scale = scale;
+  a.out = out;
+  a.threads = threads;
+  return a;
+}
+
 /// One sequence as the tiled kernels see it: its cache, and how many of its tokens to attend to
 /// (a prefix: `length <= cache->size()`, so a causal query sees only the tokens before it).
 struct SeqRef {
