@@ -416,6 +416,22 @@ TEST_CASE("Fast top-k and the fast index scores = the reference ones", "[ch09]")
   select_topk_fast(s.data(), 10, 64, b.data());
   select_topk(s.data(), 10, 64, a.data());
   CHECK(a == b);
+  // Ties (a few distinct values, +0 and -0 among them) go to the earlier position; negative
+  // scores. A NaN has no order ('>' is false both ways): a row holding one still gets k
+  // distinct positions (which ones is not specified, here or in select_topk).
+  std::vector<float> tied(T);
+  for (std::size_t t = 0; t < T; ++t)
+    tied[t] = t % 5 == 0 ? -0.0f : t % 5 == 1 ? 0.0f : float(int(t % 7) - 3);
+  select_topk(tied.data(), T, 64, a.data());
+  select_topk_fast(tied.data(), T, 64, b.data());
+  CHECK(a == b);
+  tied[17] = std::numeric_limits<float>::quiet_NaN();
+  select_topk_fast(tied.data(), T, 64, b.data());
+  std::vector<std::int32_t> sorted = b;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+  CHECK(sorted.front() >= 0);
+  CHECK(sorted.back() < std::int32_t(T));
   // T = 500 is no multiple of a block of keys (a tail); 6 heads no multiple of 4 (a head tail);
   // T = 5000 is enough blocks for two threads.
   for (const std::size_t HI : {4, 6}) {
