@@ -459,7 +459,7 @@ def main():
     S, B = c["context"], c["batch"]
     print(f"variant {a.variant} seed {a.seed}: {n_params} parameters, {steps} steps of {B}x{S} "
           f"bytes; corpus {len(text)} bytes, train {len(train)}, val {len(val)}", flush=True)
-    log, t0 = [], time.time()
+    log, t0, c0 = [], time.time(), time.process_time()
     for s in range(steps):
         for g_ in opt.param_groups:
             g_["lr"] = lr_at(s)
@@ -477,7 +477,7 @@ def main():
         if s % 50 == 0 or s == steps - 1:
             print(f"step {s:5d}  train {bpb:.4f} bits/byte  lr {lr_at(s):.2e}  "
                   f"{time.time() - t0:.0f} s", flush=True)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, time.process_time() - c0
     val_bpb = val_bits_per_byte(model, val, S, 16 if a.smoke else 64)
     floats = cache_floats_per_token(c, a.variant)
     info = {
@@ -486,7 +486,9 @@ def main():
         "val_bits_per_byte": val_bpb, "train_bits_per_byte_last": log[-1],
         "kv_cache_floats_per_token_per_layer": floats,
         "kv_cache_bytes_per_token_f32": floats * 4 * c["layers"],
-        "wall_seconds": round(wall, 1), "torch": torch.__version__, "threads": 1,
+        # Wall time depends on what else runs; CPU time (this process, one thread) much less.
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+        "torch": torch.__version__, "threads": 1,
         # The command that made the weights (--log only says where the loss log went).
         "command": " ".join(["data/models/train.py"] + drop_log(sys.argv[1:])),
     }
@@ -497,7 +499,7 @@ def main():
         with open(a.log, "w") as f:
             json.dump({"train_bits_per_byte": log, **info}, f)
     print(f"val {val_bpb:.4f} bits/byte; KV cache {info['kv_cache_bytes_per_token_f32']} bytes/token "
-          f"(F32, all layers); {wall:.0f} s", flush=True)
+          f"(F32, all layers); {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
     print(f"greedy: {PROMPT!r} -> {g['greedy_text']!r}", flush=True)
     print(json.dumps({"first_loss": log[0], "last_loss": log[-1],
                       "first5": sum(log[:5]) / min(5, len(log)),
