@@ -22,16 +22,16 @@ Corpus: the King James Bible (Debian's bible-kjv), `bible "Gen1:1-Rev22:21"`, by
 Validation: every 20th block of 8192 bytes is held out (deterministic, spread over the whole
 book). Reported: validation cross-entropy in bits per byte.
 
-Determinism: torch.manual_seed(seed), one thread (torch.set_num_threads(1)),
-torch.use_deterministic_algorithms(True): the same command on the same machine and torch build
-makes the same weights.
+Determinism: torch.manual_seed(seed), one thread (torch.set_num_threads(1) and
+OPENBLAS_NUM_THREADS=1), torch.use_deterministic_algorithms(True): the same command on the same
+machine and torch build makes the same weights (tests/cli/train_smoke.sh checks it).
 
 Export (--out DIR): config.json (Llama names for MHA/GQA/MQA, DeepSeek-V2/V3 names for MLA),
 model.safetensors (F32, written by write_safetensors below, no safetensors package) and
 golden.json (a prompt, its logits at every position, its greedy continuation).
 
 Usage:
-  /usr/bin/python3 data/models/train.py --variant mla --seed 0 --steps 600 --out data/models/mla
+  /usr/bin/python3 data/models/train.py --variant mla --seed 0 --steps 400 --batch 16 --out data/models/mla
   /usr/bin/python3 data/models/train.py --smoke --out /tmp/smoke   # a few steps, tiny model
 """
 
@@ -416,14 +416,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", choices=VARIANTS, default="mla")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 600, smoke 30)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 400, smoke 30)")
     ap.add_argument("--out", required=True, help="folder to export the model into")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (a CI check)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--log", type=str, default=None, help="also write the loss log (JSON) here")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 16)")
     a = ap.parse_args()
-    steps = a.steps if a.steps is not None else (30 if a.smoke else 600)
+    steps = a.steps if a.steps is not None else (30 if a.smoke else 400)
     if steps < 1:
         print(f"train.py: --steps {steps} must be >= 1", file=sys.stderr)
         return 2
