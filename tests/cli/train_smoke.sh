@@ -5,7 +5,9 @@
 #   tests/cli/train_smoke.sh <python with torch> <train.py> <ch08_serving> <work dir>
 #
 # Passes if train.py exits 0, its loss is finite and its mean over the last 5 steps is below the
-# mean over the first 5, and ch08_serving loads the folder and continues "In the beginning".
+# mean over the first 5, a second run of the same command writes a byte-identical
+# model.safetensors (training is deterministic), and ch08_serving loads the folder and continues
+# "In the beginning".
 set -euo pipefail
 if [ $# -ne 4 ]; then
   echo "usage: $0 <python> <train.py> <ch08_serving> <work dir>" >&2
@@ -30,6 +32,17 @@ sys.exit(0 if ok else 1)
 for f in config.json model.safetensors golden.json; do
   [ -s "$work/mla/$f" ] || { echo "the export has no $f"; exit 1; }
 done
+# The same command again: the same weights, byte for byte.
+"$python" "$train" --smoke --variant mla --steps 30 --out "$work/again" > "$work/again.log" 2>&1 || {
+  echo "train.py failed the second time:"
+  cat "$work/again.log"
+  exit 1
+}
+cmp "$work/mla/model.safetensors" "$work/again/model.safetensors" || {
+  echo "two runs of the same command wrote different weights (training is not deterministic)"
+  exit 1
+}
+echo "two runs of the same command wrote the same model.safetensors"
 out="$("$serving" --model "$work/mla" --prompt "In the beginning" --max-new 8 2>&1)" || {
   echo "ch08_serving refused the export:"
   echo "$out"
