@@ -3,7 +3,7 @@
 #
 #   .ci/asan.sh [BUILD_DIR]        (default: build-asan in the repository, as the asan preset)
 #
-# Configures with MLA_SANITIZE=ON (RelWithDebInfo), builds everything, runs every ctest except
+# Configures with MLA_SANITIZE=ON (RelWithDebInfo at -O1 -g1), builds everything, runs every ctest except
 # the documentation build (label docs) with MLA_SMALL=1, then the tour (every program at small
 # sizes), with sanitizer options that make any report fatal: the first error ends the program
 # with a stack trace, and so does a leak at exit. Exit code 0 only if all of it ran clean.
@@ -17,7 +17,10 @@ mkdir -p "$build"
 build="$(cd "$build" && pwd)"  # absolute: the script changes folder below
 jobs="${JOBS:-$(nproc)}"
 
-cmake -S "$src" -B "$build" -DMLA_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# -O1 -g1 (line tables): the sanitizers' advice, and half the compile time of -O2 -g (measured on
+# one test file: 25 s against 55 s); reports still name every function, file and line.
+cmake -S "$src" -B "$build" -DMLA_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
 cmake --build "$build" -j"$jobs"
 
 # halt_on_error: stop at the first report (UBSan is already -fno-sanitize-recover); detect_leaks:
