@@ -161,8 +161,9 @@ void LatentCache::append_gathered(const LatentCache& src, const std::int32_t* id
         "LatentCache::append_gathered: the source cache has another "
         "type or other widths");
   }
-  // Destination slot of every kept index (a prefix count), checked before anything is written.
-  std::vector<std::size_t> from, to;
+  // The source token of every kept entry, in order (entry j lands in row size_ + j), all
+  // checked before anything is written.
+  std::vector<std::size_t> from;
   from.reserve(n);
   for (std::size_t j = 0; j < n; ++j) {
     if (idx[j] < 0) continue;

@@ -1,7 +1,6 @@
 #include "08_serving/bench.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <functional>
 #include <iostream>
@@ -12,6 +11,7 @@
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 #include "08_serving/engine.hpp"
 #include "08_serving/paged_cache.hpp"
+#include "mla/bench.hpp"
 #include "mla/exercise.hpp"
 #include "mla/parallel.hpp"
 #include "mla/tensor.hpp"
@@ -67,9 +67,9 @@ double median(std::vector<double> v) {
 
 template <class F>
 double seconds_of(F&& f) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const double t0 = now_seconds();
   f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return now_seconds() - t0;
 }
 
 /// A probe: one run of a kernel as the step runs it, and the work one run does (FLOPs or bytes).
