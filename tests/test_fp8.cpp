@@ -518,15 +518,21 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
   std::normal_distribution<float> n01(0.0f, 1.0f);
   struct Shape {
     std::size_t B, H, T, d_c, d_r;
+    float cache_mul = 1.0f, q_mul = 1.0f;  // to push the per-head lane path outside its range
   };
-  // Per-head path (H < 8) and head-blocked path, partial tiles and a partial scale tile (d_c 160).
-  for (const Shape sh : {Shape{2, 1, 150, 512, 64}, Shape{1, 4, 64, 160, 16},
-                         Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}}) {
+  // Per-head path (H < 8: in lanes for d_c a multiple of 64, else generic) and head-blocked path,
+  // partial tiles and a partial scale tile (d_c 160); latents too large for the lane path's
+  // folded scales (scale 2^44 > 2^39) and queries too large for its 2^64 factor (both decline to
+  // the generic path, which must give the same).
+  for (const Shape sh :
+       {Shape{2, 1, 150, 512, 64}, Shape{1, 4, 64, 160, 16}, Shape{1, 3, 200, 256, 64},
+        Shape{1, 2, 70, 512, 64, 1e16f, 1.0f}, Shape{1, 2, 70, 512, 64, 1.0f, 1e20f},
+        Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}}) {
     const std::size_t D = sh.d_c + sh.d_r;
     std::vector<float> rows(sh.B * sh.T * D), q_lat(sh.B * sh.H * sh.d_c),
         q_rope(sh.B * sh.H * sh.d_r);
-    for (float& x : rows) x = n01(gen);
-    for (float& x : q_lat) x = n01(gen);
+    for (float& x : rows) x = sh.cache_mul * n01(gen);
+    for (float& x : q_lat) x = sh.q_mul * n01(gen);
     for (float& x : q_rope) x = n01(gen);
     std::vector<LatentCache> caches;
     caches.reserve(sh.B);
@@ -561,7 +567,10 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
       mla_decode_v7(seqs.data(), a);
       for (std::size_t i = 0; i < got.size(); ++i) {
         CHECK(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
-        CHECK(std::fabs(got[i] - ref[i]) <= kFp8Atol + kFp8Rtol * std::fabs(ref[i]));
+        // (With 10^20 times the query the softmax is one-hot: which token wins may differ
+        // between the fp32 cache and its FP8 rounding, so only the dequantized one is compared.)
+        if (sh.q_mul == 1.0f)
+          CHECK(std::fabs(got[i] - ref[i]) <= kFp8Atol + kFp8Rtol * std::fabs(ref[i]));
       }
       std::fill(got.begin(), got.end(), 0.0f);
       mla_decode_best(seqs.data(), a);  // picks v7 for an FP8 cache
@@ -584,8 +593,8 @@ TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound
   // One head, 65,536 tokens: 43 MB of FP8 rows against 75 MB of bf16 ones, ~3 FLOP per byte
   // read, far below the machine balance (~15 FLOP/byte here): the bytes should set the time, and
   // the FP8 cache reads 656/1152 = 0.57 of them. The goal (issue 12) is 1.5x; the fused per-head
-  // path measures 0.9-1.3x on a shared 2-core AVX-512 EPYC (the dequantizing copy it replaced:
-  // 0.4-0.9x), so what this asserts is a floor with a wide margin, not the goal.
+  // path in lanes measures 1.16x on one pinned core of a quiet 2-core AVX-512 EPYC (1.2-1.3x on
+  // two), so what this asserts is a floor with a wide margin, not the goal.
   // One thread: on a shared machine a second thread may not get a core.
   mla::ch07::MlaProblem p;
   p.batch = 1;

@@ -93,7 +93,8 @@ void* LatentCache::row(std::size_t t) {
 
 // One token into an FP8 row: per scale tile, the smallest power of two that brings the tile's
 // largest magnitude to at most 448, then each number divided by it (exact) and rounded to e4m3.
-void LatentCache::append_fp8(const float* c, const float* r, unsigned char* dst) const {
+float LatentCache::append_fp8(const float* c, const float* r, unsigned char* dst) const {
+  float scale_max = 0.0f;
   float* scales = reinterpret_cast<float*>(dst + fp8_scale_offset());
   for (std::size_t j = 0; j < fp8_scales(); ++j) {
     const std::size_t k0 = j * fp8_tile_, k1 = std::min(d_c_, k0 + fp8_tile_);
@@ -121,12 +122,14 @@ void LatentCache::append_fp8(const float* c, const float* r, unsigned char* dst)
       n = f == 0.5f ? e - 1 : e;
     }
     scales[j] = std::ldexp(1.0f, n);
+    scale_max = std::max(scale_max, scales[j]);
     // x / 2^n by the exponent alone (exact; a multiplication by 1/2^n would overflow to inf for
     // the tiniest tiles, where 2^n is subnormal).
     for (std::size_t k = k0; k < k1; ++k) dst[k] = float_to_e4m3(std::ldexp(c[k], -n));
   }
   std::uint16_t* rope = reinterpret_cast<std::uint16_t*>(dst + fp8_rope_offset_);
   for (std::size_t k = 0; k < d_r_; ++k) rope[k] = to_bf16(r[k]);
+  return scale_max;
 }
 
 void LatentCache::append(const float* c_kv, const float* k_rope, std::size_t n) {
@@ -135,7 +138,7 @@ void LatentCache::append(const float* c_kv, const float* k_rope, std::size_t n) 
     const float* r = k_rope + i * d_r_;
     void* dst = row(size_);
     if (type_ == CacheType::FP8) {
-      append_fp8(c, r, static_cast<unsigned char*>(dst));
+      fp8_scale_max_ = std::max(fp8_scale_max_, append_fp8(c, r, static_cast<unsigned char*>(dst)));
     } else if (type_ == CacheType::F32) {
       float* f = static_cast<float*>(dst);
       std::memcpy(f, c, d_c_ * sizeof(float));
@@ -198,6 +201,7 @@ void LatentCache::append_gathered(const LatentCache& src, const std::int32_t* id
     }
   });
   size_ = first + from.size();
+  fp8_scale_max_ = std::max(fp8_scale_max_, src.fp8_scale_max_);  // a bound, if not the least
 }
 
 float LatentCache::at(std::size_t t, std::size_t k) const {

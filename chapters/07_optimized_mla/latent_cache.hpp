@@ -121,6 +121,10 @@ class LatentCache {
   std::size_t fp8_scale_offset() const { return lat_stride_; }
   /// Byte offset of the bf16 rope key in an FP8 row.
   std::size_t fp8_rope_offset() const { return fp8_rope_offset_; }
+  /// The largest FP8 scale of any row appended since construction (0 before the first; a NaN
+  /// scale, from a non-finite tile, does not count). Kernel v7 checks it to choose its per-head
+  /// code: that one folds a constant into the scales, which must not overflow.
+  float fp8_scale_max() const { return fp8_scale_max_; }
   /// Tiles holding tokens.
   std::size_t tiles() const { return (size_ + kTileTokens - 1) / kTileTokens; }
   /// Tokens in tile i (kTileTokens except maybe the last).
@@ -142,12 +146,14 @@ class LatentCache {
   };
   void* row(std::size_t t);  // address of token t's row, allocating its tile if needed
 
-  void append_fp8(const float* c, const float* r, unsigned char* dst) const;
+  // Writes one FP8 row; returns its largest scale (NaN scales not counted).
+  float append_fp8(const float* c, const float* r, unsigned char* dst) const;
 
   std::size_t d_c_, d_r_, lat_stride_, stride_;
   CacheType type_;
   std::size_t fp8_tile_, fp8_rope_offset_, row_bytes_;
   std::size_t size_ = 0;
+  float fp8_scale_max_ = 0.0f;
   std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;  // owned tiles
   std::vector<unsigned char*> tile_ptrs_;  // every tile in order, owned or borrowed
   bool borrowed_ = false;                  // true once a tile is borrowed: never allocate
