@@ -1013,12 +1013,14 @@ struct Fp8Rows {
   std::size_t scale_offset, rope_offset;  // bytes into a row
   std::size_t rope;                       // d_r rounded up to 16 bf16 numbers
   const std::uint8_t* row(std::size_t t) const { return data + t * row_bytes; }
-  // Scale j of row t, times kE4m3LoadFactor.
-  float scale(std::size_t t, std::size_t j) const {
+  // Scale j of row t as stored.
+  float raw_scale(std::size_t t, std::size_t j) const {
     float f;
     std::memcpy(&f, row(t) + scale_offset + 4 * j, sizeof f);
-    return f * kE4m3LoadFactor;
+    return f;
   }
+  // Scale j of row t, times kE4m3LoadFactor (what the F16C widening leaves out).
+  float scale(std::size_t t, std::size_t j) const { return raw_scale(t, j) * kE4m3LoadFactor; }
 };
 
 template <>
@@ -1162,8 +1164,9 @@ void head_update(const Fp8Rows& f, std::size_t lat, float* s, float rows_max, He
 // do not care (the query is stored in the same order, once per step) and the weighted sum keeps
 // its accumulators in that order, put back in place once per item.
 //
-// Lane i's code in byte b, moved to bits 31..24 (a left shift by 24 - 8b) then shifted right
-// arithmetically by 4, is `s sss s eeee mmm ...`: cleared to bit 31 and bits 26..20 it is the
+// Lane i's code in byte b, moved to bits 31..24 then shifted right arithmetically by 4 (the
+// widening below does it with 16-bit shifts), is `s sss s eeee mmm ...`: cleared to bit 31 and
+// bits 26..20 it is the
 // float `s 0000eeee mmm000...` = the e4m3 value times 2^-120, exactly (e4m3's exponent bias is 7,
 // a float's 127; an e4m3 subnormal m·2^-9 becomes the float subnormal m·2^-129). The 2^120 goes
 // into each row's per-tile scale, in two parts that keep every intermediate a normal float:
@@ -1197,10 +1200,10 @@ constexpr float kLaneScore = 0x1p56f;   // the scale's factor in a score: 2^120 
 constexpr float kLaneWeight = 0x1p88f;  // the scale's factor in a weight: 2^120 / 2^32
 constexpr float kLaneAcc = 0x1p32f;     // acc = 2^32 · acc'
 
-inline float row_scale(const Fp8Rows& f, std::size_t t, std::size_t j) {
-  float s;
-  std::memcpy(&s, f.row(t) + f.scale_offset + 4 * j, sizeof s);
-  return s;
+// Where code k of a row sits in lane order: chunk of 64, then vector b = k % 4, lane i = k / 4.
+inline std::size_t lane_index(std::size_t k) {
+  const std::size_t base = k / 64 * 64, i = (k - base) / 4, b = (k - base) % 4;
+  return base + 16 * b + i;
 }
 
 // Scores of rows [t, t + R): q (lat) is 2^64 times the scaled query latent in lane order, qr
@@ -1229,7 +1232,7 @@ inline void lane_scores(const Fp8Rows& f, std::size_t t, const float* q, const f
     }
     for (int i = 0; i < R; ++i) {
       tot[i] = _mm512_fmadd_ps(_mm512_add_ps(a[i], b[i]),
-                               _mm512_set1_ps(row_scale(f, t + i, j) * kLaneScore), tot[i]);
+                               _mm512_set1_ps(f.raw_scale(t + i, j) * kLaneScore), tot[i]);
     }
   }
   for (std::size_t k = 0; k < f.rope; k += 16) {
@@ -1251,8 +1254,8 @@ inline void lane_update_chunks(const Fp8Rows& f, std::size_t c0, const float* w,
   for (int v = 0; v < 4 * C; ++v) o[v] = _mm512_mul_ps(_mm512_load_ps(acc + c0 + 16 * v), alpha);
   for (std::size_t t = 0; t < f.nt; ++t) {
     const std::uint8_t* r = f.row(t);
-    // Unrolled by hand's worth: GCC keeps o[] in registers only if these loops are (at -O2 it
-    // does not unroll them and o[] goes through the stack: 2x slower, measured).
+    // o[] stays in registers only if these loops are unrolled (in a micro-benchmark built at -O2
+    // GCC did not unroll them and o[] went through the stack: 2x slower).
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
       const std::size_t k = c0 + 64 * static_cast<std::size_t>(c);
@@ -1275,8 +1278,8 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
   grow(ws.s, kTile);
-  static thread_local AlignedVec packed,
-      weights;  // (stride) one head's query; (kFp8Rows, n_scales)
+  // packed: (stride) one head's query as pack_query_row gives it; weights: (kFp8Rows, n_scales).
+  static thread_local AlignedVec packed, weights;
   grow(packed, stride);
   grow(weights, kFp8Rows * n_scales);
   // Queries: [2^64 q_lat in lane order | q_rope], each head's; decline if 2^64 q could overflow.
@@ -1287,8 +1290,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
     float* q = ws.q.data() + hh * stride;
     for (std::size_t k = 0; k < lat; ++k) {
       if (std::isfinite(packed[k]) && !(std::fabs(packed[k]) < 0x1p62f)) return false;
-      const std::size_t base = k / 64 * 64, i = (k - base) / 4, b = (k - base) % 4;
-      q[base + 16 * b + i] = packed[k] * kLaneQ;
+      q[lane_index(k)] = packed[k] * kLaneQ;
     }
     std::copy(packed.data() + lat, packed.data() + stride, q + lat);
     std::fill(ws.acc.data() + hh * lat, ws.acc.data() + (hh + 1) * lat, 0.0f);
@@ -1307,7 +1309,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
         const __m512 alpha = _mm512_set1_ps(sm[hh].step(s, f.nt, round_up(f.nt, W), m));
         for (t = 0; t < f.nt; ++t) {
           for (std::size_t j = 0; j < n_scales; ++j)
-            weights[t * n_scales + j] = s[t] * row_scale(f, t, j) * kLaneWeight;
+            weights[t * n_scales + j] = s[t] * f.raw_scale(t, j) * kLaneWeight;
         }
         float* acc = ws.acc.data() + hh * lat;
         std::size_t c0 = 0;
@@ -1323,8 +1325,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
     const float* acc = ws.acc.data() + hh * lat;
     float* o = po + hh * lat;
     for (std::size_t k = 0; k < lat; ++k) {
-      const std::size_t base = k / 64 * 64, i = (k - base) / 4, b = (k - base) % 4;
-      o[k] = acc[base + 16 * b + i] * kLaneAcc;
+      o[k] = acc[lane_index(k)] * kLaneAcc;
     }
     po[it.hb * lat + hh] = sm[hh].m;
     po[it.hb * lat + it.hb + hh] = sm[hh].l;
