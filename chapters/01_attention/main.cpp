@@ -151,16 +151,10 @@ int main(int argc, char** argv) {
     auto label = [&](std::size_t t) {
       return std::to_string(t) + ":" + (tokens[t] == "," ? std::string("comma") : tokens[t]);
     };
-    std::vector<std::string> header = {"query"};
-    for (std::size_t j = 0; j < T; ++j) header.push_back(label(j));
-    mla::Table csv(header);
-    for (std::size_t i = 0; i < T; ++i) {
-      std::vector<std::string> row = {label(i)};
-      for (std::size_t j = 0; j < T; ++j) row.push_back(mla::num(P(i, j), 6));
-      csv.add(row);
-    }
+    std::vector<std::string> labels;
+    for (std::size_t j = 0; j < T; ++j) labels.push_back(label(j));
     const std::string path = mla::results_dir() + "/ch01_attention_weights.csv";
-    csv.write_csv(path);
+    mla::write_matrix_csv(path, labels, P.data());
     std::cout << "\nWeights written to " << path << "\n";
     const bool ok = worst_sum < 1e-5 && worst_masked == 0.0;
     return ok ? mla::kExitOk : mla::kExitFailed;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "mla/exercise.hpp"
 
@@ -137,42 +138,67 @@ Mat CachedDecoder::step(const std::vector<int>& new_tokens) {
 #endif
 }
 
+std::vector<int> loop_recompute(NextToken& m, const std::vector<int>& prompt, std::size_t steps) {
+  if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
+  std::vector<int> seq = prompt, out;
+  for (std::size_t s = 0; s < steps; ++s) {
+    out.push_back(m.recompute(seq));  // the whole sequence, again
+    seq.push_back(out.back());
+  }
+  return out;
+}
+
+std::vector<int> loop_cached(NextToken& m, const std::vector<int>& prompt, std::size_t steps) {
+  if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
+#if MLA_EXERCISES
+  (void)m, (void)steps;
+  MLA_EXERCISE("2.2", "loop_cached()", "see chapters/02_kv_cache/README.md, exercise 2.2");
+#else
+  std::vector<int> out;
+  if (steps == 0) return out;
+  out.push_back(m.cached(prompt));                                   // the prompt once ("prefill")
+  while (out.size() < steps) out.push_back(m.cached({out.back()}));  // then one token per step
+  return out;
+#endif
+}
+
+namespace {
+
+/// The toy decoder behind NextToken; keeps the final hidden state each token was chosen from.
+class ToyNextToken final : public NextToken {
+ public:
+  ToyNextToken(const ToyDecoder& model, std::size_t steps)
+      : model_(model), dec_(model), hidden_(xt::empty<float>({steps, model.d_model()})) {}
+  int recompute(const std::vector<int>& tokens) override {
+    return choose(forward_full(model_, tokens));
+  }
+  int cached(const std::vector<int>& new_tokens) override { return choose(dec_.step(new_tokens)); }
+  Generation result(std::vector<int> tokens) { return {std::move(tokens), std::move(hidden_)}; }
+
+ private:
+  int choose(const Mat& H) {  // H (n, d_model): the last row picks the token
+    const float* last = &H(H.shape(0) - 1, 0);
+    std::copy_n(last, model_.d_model(), &hidden_(calls_++, 0));
+    return next_token(model_, last);
+  }
+  const ToyDecoder& model_;
+  CachedDecoder dec_;
+  Mat hidden_;  // (steps, d_model)
+  std::size_t calls_ = 0;
+};
+
+}  // namespace
+
 Generation generate_recompute(const ToyDecoder& model, const std::vector<int>& prompt,
                               std::size_t steps) {
-  if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
-  Generation g;
-  g.hidden = xt::empty<float>({steps, model.d_model()});
-  std::vector<int> seq = prompt;
-  for (std::size_t s = 0; s < steps; ++s) {
-    const Mat H = forward_full(model, seq);  // the whole sequence, again
-    const float* last = &H(seq.size() - 1, 0);
-    std::copy_n(last, model.d_model(), &g.hidden(s, 0));
-    g.tokens.push_back(next_token(model, last));
-    seq.push_back(g.tokens.back());
-  }
-  return g;
+  ToyNextToken m(model, steps);
+  return m.result(loop_recompute(m, prompt, steps));
 }
 
 Generation generate_cached(const ToyDecoder& model, const std::vector<int>& prompt,
                            std::size_t steps) {
-  if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
-#if MLA_EXERCISES
-  (void)model, (void)steps;
-  MLA_EXERCISE("2.2", "generate_cached()", "see chapters/02_kv_cache/README.md, exercise 2.2");
-#else
-  Generation g;
-  g.hidden = xt::empty<float>({steps, model.d_model()});
-  if (steps == 0) return g;
-  CachedDecoder dec(model);
-  Mat H = dec.step(prompt);  // the prompt once ("prefill")
-  for (std::size_t s = 0; s < steps; ++s) {
-    const float* last = &H(H.shape(0) - 1, 0);
-    std::copy_n(last, model.d_model(), &g.hidden(s, 0));
-    g.tokens.push_back(next_token(model, last));
-    if (s + 1 < steps) H = dec.step({g.tokens.back()});  // then one token per step
-  }
-  return g;
-#endif
+  ToyNextToken m(model, steps);
+  return m.result(loop_cached(m, prompt, steps));
 }
 
 std::size_t kv_cache_bytes(std::size_t n_layers, std::size_t tokens, std::size_t d_model,

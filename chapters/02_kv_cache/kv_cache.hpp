@@ -117,17 +117,42 @@ class CachedDecoder {
   std::vector<float> scratch_;  // (tokens) scores of one query
 };
 
+/// What the two generation loops ask of a model: its next token, with or without a cache. The
+/// toy decoder above is one (generate_recompute, generate_cached); chapter 8 plugs its trained
+/// models in (ch08::DecoderNextToken), so the same two loops generate real text.
+class NextToken {
+ public:
+  virtual ~NextToken() = default;
+  /// Without a cache: run all of `tokens` (the whole sequence so far) from scratch, keeping
+  /// nothing from earlier calls; return the greedy next token.
+  virtual int recompute(const std::vector<int>& tokens) = 0;
+  /// With a cache: run only `new_tokens`, after every token earlier calls ran (their keys and
+  /// values are kept); return the greedy next token.
+  virtual int cached(const std::vector<int>& new_tokens) = 0;
+};
+
+/// The loop without a cache: `steps` calls of m.recompute() on the growing sequence, each one
+/// running every token again. Returns the generated tokens (not the prompt).
+/// std::invalid_argument for an empty prompt.
+std::vector<int> loop_recompute(NextToken& m, const std::vector<int>& prompt, std::size_t steps);
+
+/// The loop with a cache: m.cached(prompt) once (the prefill), then each new token alone.
+/// Returns the generated tokens. std::invalid_argument for an empty prompt.
+std::vector<int> loop_cached(NextToken& m, const std::vector<int>& prompt, std::size_t steps);
+
 /// The result of generating `steps` tokens greedily after a prompt.
 struct Generation {
   std::vector<int> tokens;  ///< the generated tokens (not the prompt)
   Mat hidden;  ///< (steps, d_model): the final hidden state each generated token was chosen from
 };
 
-/// Generate without a cache: every step runs the whole sequence so far through forward_full.
+/// Generate without a cache: every step runs the whole sequence so far through forward_full
+/// (loop_recompute on the toy decoder).
 Generation generate_recompute(const ToyDecoder& model, const std::vector<int>& prompt,
                               std::size_t steps);
 
-/// Generate with a cache: the prompt once, then one token per step through CachedDecoder.
+/// Generate with a cache: the prompt once, then one token per step through CachedDecoder
+/// (loop_cached on the toy decoder).
 Generation generate_cached(const ToyDecoder& model, const std::vector<int>& prompt,
                            std::size_t steps);
 

@@ -74,16 +74,10 @@ void toy_heads_part() {
   };
   std::string paths;
   for (std::size_t h = 0; h < P.size(); ++h) {
-    std::vector<std::string> csv_header = {"query"};
-    for (std::size_t j = 0; j < T; ++j) csv_header.push_back(label(j));
-    mla::Table csv(csv_header);
-    for (std::size_t i = 0; i < T; ++i) {
-      std::vector<std::string> row = {label(i)};
-      for (std::size_t j = 0; j < T; ++j) row.push_back(mla::num(P[h](i, j), 6));
-      csv.add(row);
-    }
+    std::vector<std::string> labels;
+    for (std::size_t j = 0; j < T; ++j) labels.push_back(label(j));
     const std::string path = mla::results_dir() + "/ch03_head" + std::to_string(h) + "_weights.csv";
-    csv.write_csv(path);
+    mla::write_matrix_csv(path, labels, P[h].data());
     paths += (h ? ", " : "") + path;
   }
   std::cout << "One head blends what it finds into one average; two heads keep \"the noun\" and "

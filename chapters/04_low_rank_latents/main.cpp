@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <iostream>
 #include <set>
 #include <string>
@@ -17,7 +18,9 @@
 #include "03_multi_head/cache_calculator.hpp"
 #include "03_multi_head/multi_head.hpp"
 #include "04_low_rank_latents/latent.hpp"
+#include "04_low_rank_latents/spectrum.hpp"
 #include "mla/compare.hpp"
+#include "mla/json.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -71,6 +74,7 @@ struct Options {
   double noise = 0.05;
   std::vector<std::size_t> ranks;  // empty: default_ranks()
   std::uint64_t seed = mla::kDefaultSeed;
+  std::string model;  // empty: data/models/mha if it is there (part 5)
 };
 
 // Refuse options that cannot work, or whose memory no machine has, before allocating anything;
@@ -226,6 +230,154 @@ void part_rank_sweep(const Options& o, const mla::ch03::MhaWeights& mha, const M
   std::cout << "  wrote " << path << "\n";
 }
 
+// ---------------------------------------------------------------------------------------------
+// Part 5: real low rank. The trained MHA model's [W_K; W_V] per layer, against the same matrices
+// at initialization (train.py --init-kv), and each head alone
+// ---------------------------------------------------------------------------------------------
+
+// The fractions of ‖[W_K; W_V]‖_F² the energy table asks a rank for, and the ranks it asks the
+// energy of (16 = one head's width d_h; 64 = the MLA twin's kv_lora_rank).
+constexpr double kEnergies[] = {0.90, 0.95, 0.99};
+constexpr std::size_t kTopRanks[] = {16, 64};
+
+std::string pct(double fraction, int decimals = 1) {
+  return mla::fixed(100.0 * fraction, decimals) + " %";
+}
+
+void part_trained_spectrum(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const nlohmann::json cfg = mla::load_json_file((fs::path(dir) / "config.json").string());
+  const std::string origin = dir + "/config.json";
+  const auto D = mla::json_field<std::size_t>(cfg, "hidden_size", origin);
+  const auto heads = mla::json_field<std::size_t>(cfg, "num_attention_heads", origin);
+  const std::size_t d_h = cfg.contains("head_dim")
+                              ? mla::json_field<std::size_t>(cfg, "head_dim", origin)
+                              : (heads ? D / heads : 0);
+  const mla::SafeTensors trained =
+      mla::SafeTensors::open((fs::path(dir) / "model.safetensors").string());
+  const std::size_t L = count_kv_layers(trained);
+  if (L == 0) {
+    throw mla::InputError(trained.origin() +
+                          ": no model.layers.0.self_attn.k_proj.weight (part 5 reads an "
+                          "MHA/GQA model)");
+  }
+  // The initialization: train.py --init-kv, the draws this model's training started from.
+  const std::string init_path = (fs::path(dir) / "init_kv.safetensors").string();
+  std::vector<KvSpectrum> tr, in;
+  for (std::size_t l = 0; l < L; ++l)
+    tr.push_back(kv_spectrum(load_kv_projections(trained, l, d_h)));
+  if (fs::exists(init_path)) {
+    const mla::SafeTensors init = mla::SafeTensors::open(init_path);
+    for (std::size_t l = 0; l < L; ++l)
+      in.push_back(kv_spectrum(load_kv_projections(init, l, d_h)));
+  }
+  const std::size_t rows = 2 * trained.info("model.layers.0.self_attn.k_proj.weight").shape[0];
+  std::cout << "\n5. Real low rank: the trained model " << dir << " (" << L << " layers, "
+            << rows / 2 / d_h << " KV heads of d_h " << d_h << ", d_model " << D
+            << "): singular values of [W_K; W_V] (" << rows << "x" << D << ") per layer\n";
+  if (in.empty()) std::cout << "  (no " << init_path << ": initialization columns left out)\n";
+
+  // The energy table: rank for 90/95/99 % of the energy, energy in the top 16 and 64.
+  std::vector<std::string> head{"layer"};
+  for (double e : kEnergies) {
+    const std::string r = "r" + mla::fixed(100.0 * e, 0);
+    head.push_back(r + " trained");
+    if (!in.empty()) head.push_back(r + " init");
+  }
+  for (std::size_t r : kTopRanks) {
+    const std::string t = "top-" + std::to_string(r);
+    head.push_back(t + " trained");
+    if (!in.empty()) head.push_back(t + " init");
+  }
+  mla::Table energy(head);
+  for (std::size_t l = 0; l < L; ++l) {
+    std::vector<std::string> row{std::to_string(l)};
+    for (double e : kEnergies) {
+      row.push_back(std::to_string(rank_for_energy(tr[l].joint, e)));
+      if (!in.empty()) row.push_back(std::to_string(rank_for_energy(in[l].joint, e)));
+    }
+    for (std::size_t r : kTopRanks) {
+      row.push_back(pct(energy_captured(tr[l].joint)[r - 1]));
+      if (!in.empty()) row.push_back(pct(energy_captured(in[l].joint)[r - 1]));
+    }
+    energy.add(row);
+  }
+  energy.print(std::cout);
+  std::cout << "  r90: the smallest latent rank whose truncated SVD keeps 90 % of ‖[W_K; W_V]‖_F² "
+               "(the energy); top-16: the energy the 16 largest singular values keep\n";
+
+  // The per-head argument: every head alone uses its whole width d_h; only the span of all the
+  // heads together is smaller than the sum of theirs.
+  std::cout << "\n  One head alone (W_K^h, W_V^h: " << d_h << "x" << D
+            << "; the head with the fewest, over the layer's heads) against all heads together\n";
+  const bool with_init = !in.empty();
+  auto both = [&](const std::string& t, const std::string& i) {
+    return with_init ? t + " (" + i + ")" : t;
+  };
+  // The head whose spectrum is least full: its rank for 99 % and its s_min / s_max.
+  auto fewest = [](const std::vector<mla::Vec>& heads, double& ratio) {
+    std::size_t r = heads[0].size();
+    ratio = 1.0;
+    for (const mla::Vec& s : heads) {
+      r = std::min(r, rank_for_energy(s, 0.99));
+      ratio = std::min(ratio, double(s(s.size() - 1)) / s(0));
+    }
+    return r;
+  };
+  const std::string tr_in = with_init ? " tr (init)" : "";
+  mla::Table per_head({"layer", "W_K^h r99", "W_K^h s_min/s_max" + tr_in, "W_V^h r99",
+                       "W_V^h s_min/s_max" + tr_in, "W_K r90" + tr_in, "W_V r90" + tr_in,
+                       "[W_K; W_V] r90" + tr_in});
+  for (std::size_t l = 0; l < L; ++l) {
+    double ck = 0, cv = 0, ik = 0, iv = 0;
+    const std::size_t rk = fewest(tr[l].head_k, ck), rv = fewest(tr[l].head_v, cv);
+    if (with_init) fewest(in[l].head_k, ik), fewest(in[l].head_v, iv);
+    auto r90 = [&](const mla::Vec& t, const mla::Vec* i) {
+      return both(std::to_string(rank_for_energy(t, 0.90)),
+                  i ? std::to_string(rank_for_energy(*i, 0.90)) : "");
+    };
+    per_head.add({std::to_string(l), std::to_string(rk) + " of " + std::to_string(d_h),
+                  both(mla::fixed(ck, 3), mla::fixed(ik, 3)),
+                  std::to_string(rv) + " of " + std::to_string(d_h),
+                  both(mla::fixed(cv, 3), mla::fixed(iv, 3)),
+                  r90(tr[l].all_k, with_init ? &in[l].all_k : nullptr),
+                  r90(tr[l].all_v, with_init ? &in[l].all_v : nullptr),
+                  r90(tr[l].joint, with_init ? &in[l].joint : nullptr)});
+  }
+  per_head.print(std::cout);
+  std::cout << "  r99, r90: rank keeping 99 % / 90 % of the energy; W_K^h: one head's rows; W_K: "
+               "all heads' rows; tr: trained\n";
+  std::cout << "  each head keeps keys and values of full width " << d_h
+            << "; the heads together span fewer directions than their " << rows
+            << " rows: a shared latent can serve them all\n";
+
+  // The spectra for the figure: s_i / s_1 and the energy of the top i, per layer.
+  std::vector<std::string> cols{"i"};
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::string n = "L" + std::to_string(l);
+    for (const char* what : {"s trained ", "energy trained "}) cols.push_back(what + n);
+    if (!in.empty()) {
+      for (const char* what : {"s init ", "energy init "}) cols.push_back(what + n);
+    }
+  }
+  mla::Table csv(cols);
+  for (std::size_t i = 0; i < tr[0].joint.size(); ++i) {
+    std::vector<std::string> row{std::to_string(i + 1)};
+    for (std::size_t l = 0; l < L; ++l) {
+      row.push_back(mla::num(tr[l].joint(i) / tr[l].joint(0), 5));
+      row.push_back(mla::num(energy_captured(tr[l].joint)[i], 5));
+      if (!in.empty()) {
+        row.push_back(mla::num(in[l].joint(i) / in[l].joint(0), 5));
+        row.push_back(mla::num(energy_captured(in[l].joint)[i], 5));
+      }
+    }
+    csv.add(row);
+  }
+  const std::string path = mla::results_dir() + "/ch04_kv_spectrum.csv";
+  csv.write_csv(path);
+  std::cout << "  wrote " << path << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -262,6 +414,9 @@ int main(int argc, char** argv) {
                  "Latent ranks of the sweep (default: powers of two and a few "
                  "around --true-rank)")
       ->check(mla::kPositive);
+  app.add_option("--model", o.model,
+                 "Trained MHA/GQA model folder for part 5, the real spectrum (default: "
+                 "data/models/mha, skipped if it is not there)");
   mla::add_seed_option(app, o.seed);
   if (int rc = mla::parse_options(app, argc, argv); rc >= 0) return rc;
 
@@ -283,6 +438,14 @@ int main(int argc, char** argv) {
     ok = part_latent_decode(latent_decoder, x, y_latent) && ok;
     part_cache_sizes(o, latent_decoder, mha, x);
     part_rank_sweep(o, mha, x, rng);
+    if (!o.model.empty()) {
+      part_trained_spectrum(o.model);  // asked for: a missing folder is an InputError
+    } else if (const std::string dflt = mla::data_dir() + "/models/mha";
+               std::filesystem::exists(dflt + "/model.safetensors")) {
+      part_trained_spectrum(dflt);
+    } else {
+      std::cout << "\n5. Real low rank: skipped (no trained model in " << dflt << ")\n";
+    }
     return ok ? mla::kExitOk : mla::kExitFailed;
   });
 }

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "07_optimized_mla/fast_latent_attention.hpp"
+#include "mla/errors.hpp"
 
 namespace mla::ch08 {
 
@@ -100,8 +102,10 @@ class MlaSequenceAttention final : public SequenceAttention {
 /// Llama-style attention with a plain cache: K and V rows (T, H_kv·d_h) of this sequence.
 class GqaSequenceAttention final : public SequenceAttention {
  public:
-  GqaSequenceAttention(const GqaWeights& w, const GqaConfig& c)
-      : w_(w), c_(c), rope_(c.head_dim, c.rope_theta) {}
+  /// With `record`, each forward() also stores its attention weights there: heads matrices
+  /// (T, T) over every token cached so far (attention_weights() runs one prefill).
+  GqaSequenceAttention(const GqaWeights& w, const GqaConfig& c, std::vector<Mat>* record = nullptr)
+      : w_(w), c_(c), rope_(c.head_dim, c.rope_theta), record_(record) {}
   Mat forward(const Mat& x) override {
     const std::size_t S = x.shape(0), d = c_.head_dim, kvw = c_.kv_heads * d;
     const std::size_t group = c_.heads / c_.kv_heads, start = T_;
@@ -115,6 +119,7 @@ class GqaSequenceAttention final : public SequenceAttention {
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     Mat o = xt::zeros<float>({S, c_.heads * d});
     std::vector<float> p(T_);
+    if (record_) record_->assign(c_.heads, xt::zeros<float>({T_, T_}));
     for (std::size_t s = 0; s < S; ++s) {
       const std::size_t visible = start + s + 1;  // causal
       for (std::size_t h = 0; h < c_.heads; ++h) {
@@ -127,6 +132,7 @@ class GqaSequenceAttention final : public SequenceAttention {
           p[t] = scale * dot;
         }
         softmax(p.data(), visible);
+        if (record_) std::copy_n(p.data(), visible, &(*record_)[h](start + s, 0));
         float* oh = o.data() + s * o.shape(1) + h * d;
         for (std::size_t t = 0; t < visible; ++t) {
           const float* vt = V_.data() + t * kvw + g * d;
@@ -143,6 +149,7 @@ class GqaSequenceAttention final : public SequenceAttention {
   HalfRope rope_;
   std::vector<float> K_, V_;  // (T, H_kv·d_h) each
   std::size_t T_ = 0;
+  std::vector<Mat>* record_;  // null: keep no weights
 };
 
 }  // namespace
@@ -194,6 +201,49 @@ Mat Decoder::forward(const std::vector<int>& tokens) {
   }
   position_ += tokens.size();
   return output_logits(*m_, x);
+}
+
+DecoderNextToken::DecoderNextToken(std::shared_ptr<const Model> m, const std::string& path)
+    : m_(m), path_(path), decoder_(std::move(m), path) {}
+
+int DecoderNextToken::recompute(const std::vector<int>& tokens) {
+  Decoder fresh(m_, path_);  // empty caches: every key and value is computed again
+  const Mat logits = fresh.forward(tokens);
+  return argmax(logits.data() + (logits.shape(0) - 1) * logits.shape(1), logits.shape(1));
+}
+
+int DecoderNextToken::cached(const std::vector<int>& new_tokens) {
+  const Mat logits = decoder_.forward(new_tokens);
+  return argmax(logits.data() + (logits.shape(0) - 1) * logits.shape(1), logits.shape(1));
+}
+
+std::vector<Mat> attention_weights(const Model& m, const std::vector<int>& tokens,
+                                   std::size_t layer) {
+  const ModelConfig& c = m.config;
+  if (c.attention != AttentionKind::GQA) {
+    throw InputError(
+        "attention maps: an MHA/GQA model only (an MLA model's weights are inside "
+        "chapter 6's layers)");
+  }
+  if (layer >= c.num_hidden_layers) {
+    throw InputError("attention maps: layer " + std::to_string(layer) + " of a model of " +
+                     std::to_string(c.num_hidden_layers) + " layers");
+  }
+  if (tokens.empty() || tokens.size() > c.max_position_embeddings) {
+    throw InputError("attention maps: " + std::to_string(tokens.size()) +
+                     " tokens, expected 1 to the context of " +
+                     std::to_string(c.max_position_embeddings));
+  }
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  std::vector<Mat> maps;
+  Mat x = embed(m, tokens.data(), tokens.size());  // (S, D)
+  for (std::size_t i = 0; i <= layer; ++i) {  // the layers below, then the asked one's attention
+    const LayerWeights& l = m.weights.layers[i];
+    GqaSequenceAttention attn(l.gqa, c.gqa, i == layer ? &maps : nullptr);
+    x += attn.forward(rmsnorm(x, l.input_layernorm, eps));
+    if (i < layer) add_mlp(l, eps, x);
+  }
+  return maps;
 }
 
 std::vector<int> generate(Decoder& d, const std::vector<int>& prompt, std::size_t max_new,

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "02_kv_cache/kv_cache.hpp"
 #include "06_decoupled_rope/mla_layer.hpp"
 #include "06_decoupled_rope/rope.hpp"
 #include "08_serving/model.hpp"
@@ -85,6 +86,31 @@ class Decoder {
   std::vector<std::unique_ptr<SequenceAttention>> attn_;  // one per layer
   std::size_t position_ = 0;
 };
+
+/// Chapter 2's NextToken on a whole model, greedy: recompute() runs a fresh Decoder (nothing
+/// cached) over every token so far; cached() runs new tokens through one Decoder that keeps its
+/// caches. With ch02::loop_recompute and ch02::loop_cached: chapter 2's two loops on real text.
+class DecoderNextToken final : public ch02::NextToken {
+ public:
+  /// `path` as Decoder's (an MLA path, or "gqa").
+  DecoderNextToken(std::shared_ptr<const Model> m, const std::string& path);
+  /// All of `tokens` through a new Decoder -> argmax of the last row's logits.
+  int recompute(const std::vector<int>& tokens) override;
+  /// `new_tokens` through the kept Decoder -> argmax of the last row's logits.
+  int cached(const std::vector<int>& new_tokens) override;
+
+ private:
+  std::shared_ptr<const Model> m_;
+  std::string path_;
+  Decoder decoder_;  // the one whose caches cached() keeps
+};
+
+/// The attention weights of every head of layer `layer` of an MHA/GQA model over `tokens`, run
+/// as one prefill: heads matrices (S, S), row s = query s's softmax over the keys 0..s (zeros
+/// right of the diagonal). InputError for an MLA model (its weights live inside chapter 6's
+/// layers), a layer out of range or more tokens than the context.
+std::vector<Mat> attention_weights(const Model& m, const std::vector<int>& tokens,
+                                   std::size_t layer);
 
 /// Greedy, or sampled per `sampling`, generation: feed `prompt` (prefill), then up to `max_new`
 /// tokens one at a time, stopping after the model's eos_token_id if it has one. `on_token` sees

@@ -3,6 +3,8 @@
 //   ch08_serving --model DIR --prompt "..." --max-new N     generate, printing as it goes
 //   ch08_serving --save-random DIR [--variant mla|mha|gqa]  write a small random model folder
 //   ch08_serving --quick                                    the tour: a random model, every path
+//   ch08_serving --model DIR --prompt "..." --compare-loops  chapter 2's loops on a real model
+//   ch08_serving --model DIR --prompt "..." --attention-map  every head's weights, as CSV
 #include <iostream>
 #include <memory>
 #include <string>
@@ -24,6 +26,7 @@
 #include "08_serving/scheduler.hpp"
 #include "mla/cli.hpp"
 #include "mla/program.hpp"
+#include "mla/table.hpp"
 
 using namespace mla;
 using namespace mla::ch08;
@@ -46,19 +49,59 @@ ModelConfig small_config(const std::string& variant) {
   return make_gqa_model_config(64, 2, 128, g);
 }
 
-/// Generate from `prompt`, printing the prompt, then each byte as it is made.
+/// Generate from `prompt`, printing the prompt, then each byte as it is made (main checks that
+/// prompt + max_new fit in the context).
 void run_prompt(const std::shared_ptr<const Model>& m, const std::string& path,
                 const std::string& prompt, std::size_t max_new, const SamplingParams& sp) {
-  if (prompt.size() + max_new > m->config.max_position_embeddings) {
-    throw InputError("--prompt: " + std::to_string(prompt.size()) + " bytes + --max-new " +
-                     std::to_string(max_new) + " exceed the model's context of " +
-                     std::to_string(m->config.max_position_embeddings) + " tokens");
-  }
   Decoder d(m, path);
   std::cout << prompt << std::flush;
   generate(d, encode_bytes(prompt), max_new, sp,
            [](int t) { std::cout << decode_byte(t) << std::flush; });
   std::cout << "\n";
+}
+
+/// --compare-loops: chapter 2's two greedy loops, without and with a cache, on the model.
+bool run_compare_loops(const std::shared_ptr<const Model>& m, const std::string& path,
+                       const std::string& prompt, std::size_t max_new) {
+  const std::vector<int> p = encode_bytes(prompt);
+  DecoderNextToken slow(m, path), fast(m, path);
+  const std::vector<int> a = ch02::loop_recompute(slow, p, max_new);
+  const std::vector<int> b = ch02::loop_cached(fast, p, max_new);
+  auto text = [](const std::vector<int>& t) {
+    std::string s;
+    for (int x : t) s += decode_byte(x);
+    return s;
+  };
+  std::cout << "Chapter 2's loops on " << m->config.variant() << " (path " << path << "), greedy, "
+            << max_new << " tokens after \"" << prompt << "\":\n"
+            << "  no cache (every step recomputes every key and value): " << prompt << text(a)
+            << "\n  KV cache (prefill once, then one token per step):     " << prompt << text(b)
+            << "\n  " << (a == b ? "identical tokens" : "TOKENS DIFFER") << "\n";
+  return a == b;
+}
+
+/// --attention-map: every head's attention weights over the prompt, one CSV per layer and head.
+void run_attention_map(const Model& m, const std::string& prompt) {
+  const std::vector<int> tokens = encode_bytes(prompt);
+  // Row and column labels: the byte itself; a space and a comma (which CSV cannot hold) named.
+  std::vector<std::string> labels;
+  for (int t : tokens) {
+    labels.push_back(t == ' '   ? std::string("_")
+                     : t == ',' ? std::string("comma")
+                                : decode_byte(t));
+  }
+  const std::string dir = results_dir();
+  for (std::size_t l = 0; l < m.config.num_hidden_layers; ++l) {
+    const std::vector<Mat> maps = attention_weights(m, tokens, l);
+    for (std::size_t h = 0; h < maps.size(); ++h) {
+      write_matrix_csv(
+          dir + "/ch08_attention_L" + std::to_string(l) + "_h" + std::to_string(h) + ".csv", labels,
+          maps[h].data());
+    }
+  }
+  std::cout << "Attention weights of every head of the " << m.config.num_hidden_layers
+            << " layers over \"" << prompt << "\" (" << tokens.size() << " tokens) written to "
+            << dir << "/ch08_attention_L<layer>_h<head>.csv\n";
 }
 
 /// --requests: one prompt per line through the continuous batcher.
@@ -226,7 +269,7 @@ int main(int argc, char** argv) {
   std::size_t max_new = 32;
   SamplingParams sp;
   std::uint64_t seed = kDefaultSeed;
-  bool quick = false;
+  bool quick = false, compare_loops = false, attention_map = false;
   app.add_option("--model", model_dir, "Model folder: config.json + safetensors")
       ->check(CLI::ExistingDirectory);
   app.add_option("--prompt", prompt, "Text to continue (bytes are tokens)");
@@ -273,6 +316,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--no-sweep", "--bench: only each variant's largest batch");
   app.add_option("--threads", threads, "Threads")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_flag("--compare-loops", compare_loops,
+               "With --model and --prompt: chapter 2's greedy loops without and with a cache");
+  app.add_flag("--attention-map", attention_map,
+               "With --model (MHA/GQA) and --prompt: every head's attention weights as CSV");
   app.add_flag("--quick", quick, "The tour: a small random model, greedy tokens on every path");
   add_seed_option(app, seed);
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
@@ -302,6 +349,16 @@ int main(int argc, char** argv) {
         return 0;
       }
       if (prompt.empty()) throw InputError("--prompt: give the text to continue");
+      if (attention_map) {
+        run_attention_map(*m, prompt);
+        return 0;
+      }
+      if (prompt.size() + max_new > m->config.max_position_embeddings) {
+        throw InputError("--prompt: " + std::to_string(prompt.size()) + " bytes + --max-new " +
+                         std::to_string(max_new) + " exceed the model's context of " +
+                         std::to_string(m->config.max_position_embeddings) + " tokens");
+      }
+      if (compare_loops) return run_compare_loops(m, p, prompt, max_new) ? kExitOk : kExitFailed;
       run_prompt(m, p, prompt, max_new, sp);
       return 0;
     }

@@ -63,6 +63,20 @@ void Table::write_csv(const std::string& path) const {
   for (const auto& r : rows_) row(r);
 }
 
+void write_matrix_csv(const std::string& path, const std::vector<std::string>& labels,
+                      const float* P) {
+  const std::size_t n = labels.size();
+  std::vector<std::string> header = {"query"};
+  header.insert(header.end(), labels.begin(), labels.end());
+  Table csv(header);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::vector<std::string> row = {labels[i]};
+    for (std::size_t j = 0; j < n; ++j) row.push_back(num(P[i * n + j], 6));
+    csv.add(row);
+  }
+  csv.write_csv(path);
+}
+
 std::string num(double v, int digits) {
   char b[64];
   std::snprintf(b, sizeof b, "%.*g", digits, v);

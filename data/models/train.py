@@ -417,12 +417,18 @@ def main():
     ap.add_argument("--variant", choices=VARIANTS, default="mla")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 400, smoke 30)")
-    ap.add_argument("--out", required=True, help="folder to export the model into")
+    ap.add_argument("--out", help="folder to export the model into (required unless --init-kv)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (a CI check)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--log", type=str, default=None, help="also write the loss log (JSON) here")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 16)")
+    ap.add_argument("--init-kv", type=str, default=None, metavar="FILE",
+                    help="write the key/value projections at initialization (the draws this "
+                         "seed's training starts from) to FILE (safetensors) and stop; "
+                         "mha/gqa/mqa only (chapter 4 compares their spectrum with the trained one)")
     a = ap.parse_args()
+    if not a.out and not a.init_kv:
+        ap.error("--out is required")
     steps = a.steps if a.steps is not None else (30 if a.smoke else 400)
     if steps < 1:
         print(f"train.py: --steps {steps} must be >= 1", file=sys.stderr)
@@ -433,6 +439,20 @@ def main():
     torch.manual_seed(a.seed)
     c = shape_for(a.variant, a.smoke)
     c.update(eps=1e-6, rope_theta=10000.0)
+
+    if a.init_kv:
+        # The same draws as training: manual_seed above, then Decoder's constructor (the corpus,
+        # read below without torch's generator, does not move it).
+        if a.variant.startswith("mla"):
+            print("train.py: --init-kv is for mha/gqa/mqa (k_proj, v_proj)", file=sys.stderr)
+            return 2
+        model = Decoder(c, a.variant)
+        kv = [(n, p.detach().numpy().astype(np.float32)) for n, p in model.named_parameters()
+              if n.endswith(("k_proj.weight", "v_proj.weight"))]
+        write_safetensors(a.init_kv, kv, {"format": "pt", "what": "initialization, no training",
+                                          "command": " ".join(["data/models/train.py"] + sys.argv[1:])})
+        print(f"wrote {len(kv)} key/value projections at initialization to {a.init_kv}")
+        return 0
 
     text, train, val = load_corpus()
     model = Decoder(c, a.variant)

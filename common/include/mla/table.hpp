@@ -31,6 +31,13 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
+/// A square matrix of attention weights, P (n, n) row-major (row = query, column = key), as CSV:
+/// `labels` (n) as the row and column headers (the corner cell "query"), each weight with 6
+/// significant digits. What the heatmaps of docs/plots read with `matrix rowheaders
+/// columnheaders`. A label must not hold a comma (CSV; gnuplot ignores quoting).
+void write_matrix_csv(const std::string& path, const std::vector<std::string>& labels,
+                      const float* P);
+
 /// A number with `digits` significant digits ("%.*g"): 0.0123456 -> "0.01235".
 std::string num(double v, int digits = 4);
 /// A number with `decimals` digits after the point ("%.*f"): 3.14159 -> "3.14".
