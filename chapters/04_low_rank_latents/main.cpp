@@ -80,6 +80,9 @@ struct Options {
 // Refuse options that cannot work, or whose memory no machine has, before allocating anything;
 // fill in the default ranks of the sweep.
 void check_options(Options& o) {
+  if (!o.model.empty() && !std::filesystem::exists(o.model + "/model.safetensors")) {
+    throw mla::InputError("--model: no model.safetensors in " + o.model);
+  }
   if (!std::isfinite(o.noise)) {
     throw mla::InputError("--noise: must be finite, got " + mla::num(o.noise));
   }

@@ -2,9 +2,12 @@
 //
 //   ch08_serving --model DIR --prompt "..." --max-new N     generate, printing as it goes
 //   ch08_serving --save-random DIR [--variant mla|mha|gqa]  write a small random model folder
-//   ch08_serving --quick                                    the tour: a random model, every path
+//   ch08_serving --quick                                    the tour: a random model, every path,
+//                                                           chapter 2's loops on data/models/mha
 //   ch08_serving --model DIR --prompt "..." --compare-loops  chapter 2's loops on a real model
 //   ch08_serving --model DIR --prompt "..." --attention-map  every head's weights, as CSV
+#include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -15,6 +18,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -80,28 +84,77 @@ bool run_compare_loops(const std::shared_ptr<const Model>& m, const std::string&
   return a == b;
 }
 
-/// --attention-map: every head's attention weights over the prompt, one CSV per layer and head.
+/// Where one head's weight goes, averaged over the queries from the 6th byte on (the first few
+/// have too few keys to choose from): the byte before, the latest space, the first byte of the
+/// current word, every space; and how spread the weights are.
+struct HeadSummary {
+  double previous = 0, last_space = 0, word_start = 0, spaces = 0;
+  double entropy = 0;  ///< of a row, over log(its keys): 0 = one key, 1 = uniform
+};
+
+HeadSummary summarize_head(const Mat& P, const std::vector<int>& t) {
+  HeadSummary s;
+  const std::size_t first = std::min<std::size_t>(5, t.size() - 1), n = t.size() - first;
+  if (n == 0 || t.size() < 2) return s;
+  std::size_t with_space = 0, in_word = 0;
+  for (std::size_t i = first; i < t.size(); ++i) {
+    s.previous += P(i, i - 1);
+    std::size_t start = i;  // the current word's first byte
+    while (start > 0 && t[start - 1] != ' ') --start;
+    if (t[i] != ' ') s.word_start += P(i, start), ++in_word;
+    for (std::size_t j = i + 1; j-- > 0;) {  // the latest space at or before i
+      if (t[j] == ' ') {
+        s.last_space += P(i, j), ++with_space;
+        break;
+      }
+    }
+    double h = 0;
+    for (std::size_t j = 0; j <= i; ++j) {
+      if (t[j] == ' ') s.spaces += P(i, j);
+      if (P(i, j) > 0) h -= P(i, j) * std::log(double(P(i, j)));
+    }
+    s.entropy += h / std::log(double(i + 1));
+  }
+  s.previous /= n, s.spaces /= n, s.entropy /= n;
+  s.last_space /= std::max<std::size_t>(with_space, 1);
+  s.word_start /= std::max<std::size_t>(in_word, 1);
+  return s;
+}
+
+/// --attention-map: every head's attention weights over the prompt, one CSV per layer and head,
+/// and a table of where each head looks.
 void run_attention_map(const Model& m, const std::string& prompt) {
   const std::vector<int> tokens = encode_bytes(prompt);
-  // Row and column labels: the byte itself; a space and a comma (which CSV cannot hold) named.
+  // Row and column labels: the byte itself; a space shown as ␣, a comma (CSV cannot hold one)
+  // named.
   std::vector<std::string> labels;
   for (int t : tokens) {
-    labels.push_back(t == ' '   ? std::string("_")
+    labels.push_back(t == ' '   ? std::string("␣")
                      : t == ',' ? std::string("comma")
                                 : decode_byte(t));
   }
   const std::string dir = results_dir();
+  Table table(
+      {"layer", "head", "byte before", "latest space", "word start", "all spaces", "entropy"});
   for (std::size_t l = 0; l < m.config.num_hidden_layers; ++l) {
     const std::vector<Mat> maps = attention_weights(m, tokens, l);
     for (std::size_t h = 0; h < maps.size(); ++h) {
       write_matrix_csv(
           dir + "/ch08_attention_L" + std::to_string(l) + "_h" + std::to_string(h) + ".csv", labels,
           maps[h].data());
+      const HeadSummary s = summarize_head(maps[h], tokens);
+      table.add({std::to_string(l), std::to_string(h), fixed(s.previous), fixed(s.last_space),
+                 fixed(s.word_start), fixed(s.spaces), fixed(s.entropy)});
     }
   }
-  std::cout << "Attention weights of every head of the " << m.config.num_hidden_layers
-            << " layers over \"" << prompt << "\" (" << tokens.size() << " tokens) written to "
-            << dir << "/ch08_attention_L<layer>_h<head>.csv\n";
+  std::cout << "Where each head of " << m.config.variant() << " looks over \"" << prompt << "\" ("
+            << tokens.size()
+            << " tokens): its mean weight on the byte before, the latest space, "
+               "the current word's first byte, all spaces so far (queries from the 6th byte on); "
+               "entropy 0 = one key, 1 = uniform\n";
+  table.print(std::cout);
+  std::cout << "Attention weights of every head written to " << dir
+            << "/ch08_attention_L<layer>_h<head>.csv\n";
 }
 
 /// --requests: one prompt per line through the continuous batcher.
@@ -358,7 +411,9 @@ int main(int argc, char** argv) {
                          std::to_string(max_new) + " exceed the model's context of " +
                          std::to_string(m->config.max_position_embeddings) + " tokens");
       }
-      if (compare_loops) return run_compare_loops(m, p, prompt, max_new) ? kExitOk : kExitFailed;
+      if (compare_loops) {
+        return static_cast<int>(run_compare_loops(m, p, prompt, max_new) ? kExitOk : kExitFailed);
+      }
       run_prompt(m, p, prompt, max_new, sp);
       return 0;
     }
@@ -373,6 +428,12 @@ int main(int argc, char** argv) {
         const auto toks = generate(d, encode_bytes("MLA, step by step"), 16, {});
         for (int t : toks) std::cout << t << " ";
         std::cout << "\n";
+      }
+      if (quick && std::filesystem::exists(data_dir() + "/models/mha/model.safetensors")) {
+        // The tour: chapter 2's two loops on the trained MHA model (data/models), real text.
+        std::cout << "\n";
+        const auto trained = std::make_shared<const Model>(load_model(data_dir() + "/models/mha"));
+        if (!run_compare_loops(trained, "gqa", "In the beginning", 48)) return int(kExitFailed);
       }
       if (quick) {
         // The tour: the throughput experiment at a toy size (seconds): 1 layer of d_model 512,
