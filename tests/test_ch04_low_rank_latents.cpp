@@ -277,8 +277,9 @@ TEST_CASE("trained MHA model: the stacked key/value spectra are sorted and recon
   CHECK(count_kv_layers(mla) == 0);
 }
 
-TEST_CASE("trained MHA model: training concentrated the joint key/value spectrum, not the heads",
-          "[ch04]") {
+TEST_CASE(
+    "trained MHA model: training concentrated the joint key/value spectrum, heads kept full rank",
+    "[ch04]") {
   // What chapter 4's README reports (part 5 of ch04_low_rank_latents): at initialization
   // (GPT-2's N(0, 0.02²)) [W_K; W_V] needs 85 of 128 directions for 90 % of its energy and its
   // top 16 hold 29 %; trained, 47-64 and 62-75 %. Asserted with wide margins.

@@ -309,76 +309,116 @@ void part_trained_spectrum(const std::string& dir) {
   std::cout << "  r90: the smallest latent rank whose truncated SVD keeps 90 % of ‖[W_K; W_V]‖_F² "
                "(the energy); top-16: the energy the 16 largest singular values keep\n";
 
-  // The per-head argument: every head alone uses its whole width d_h; only the span of all the
-  // heads together is smaller than the sum of theirs.
+  // The per-head argument: does every head alone keep its whole width d_h (rank for 99 %), and
+  // how does the span of all heads together compare with the sum of theirs (rank for 90 %)?
   std::cout << "\n  One head alone (W_K^h, W_V^h: " << d_h << "x" << D
-            << "; the head with the fewest, over the layer's heads) against all heads together\n";
+            << ") against all heads together (W_K, W_V: " << rows / 2 << "x" << D << ")\n";
   const bool with_init = !in.empty();
   auto both = [&](const std::string& t, const std::string& i) {
     return with_init ? t + " (" + i + ")" : t;
   };
-  // The head whose spectrum is least full: its rank for 99 % and its s_min / s_max.
-  auto fewest = [](const std::vector<mla::Vec>& heads, double& ratio) {
-    std::size_t r = heads[0].size();
-    ratio = 1.0;
+  // Over the layer's heads: the range of their ranks for 99 % and for 90 %, and the sum of the
+  // latter.
+  struct Heads {
+    std::size_t r99_min = 0, r99_max = 0, r90_min = 0, r90_max = 0, r90_sum = 0;
+  };
+  auto over_heads = [](const std::vector<mla::Vec>& heads) {
+    Heads o{heads[0].size(), 0, heads[0].size(), 0, 0};
     for (const mla::Vec& s : heads) {
-      r = std::min(r, rank_for_energy(s, 0.99));
-      ratio = std::min(ratio, double(s(s.size() - 1)) / s(0));
+      const std::size_t r90 = rank_for_energy(s, 0.90);
+      o.r99_min = std::min(o.r99_min, rank_for_energy(s, 0.99));
+      o.r99_max = std::max(o.r99_max, rank_for_energy(s, 0.99));
+      o.r90_min = std::min(o.r90_min, r90);
+      o.r90_max = std::max(o.r90_max, r90);
+      o.r90_sum += r90;
     }
-    return r;
+    return o;
   };
   const std::string tr_in = with_init ? " tr (init)" : "";
-  mla::Table per_head({"layer", "W_K^h r99", "W_K^h s_min/s_max" + tr_in, "W_V^h r99",
-                       "W_V^h s_min/s_max" + tr_in, "W_K r90" + tr_in, "W_V r90" + tr_in,
-                       "[W_K; W_V] r90" + tr_in});
+  mla::Table per_head({"layer", "W_K^h r99", "W_K^h r90" + tr_in, "sum of W_K^h r90" + tr_in,
+                       "W_K r90" + tr_in, "W_V^h r99", "sum of W_V^h r90" + tr_in,
+                       "W_V r90" + tr_in, "[W_K; W_V] r90" + tr_in});
   for (std::size_t l = 0; l < L; ++l) {
-    double ck = 0, cv = 0, ik = 0, iv = 0;
-    const std::size_t rk = fewest(tr[l].head_k, ck), rv = fewest(tr[l].head_v, cv);
-    if (with_init) fewest(in[l].head_k, ik), fewest(in[l].head_v, iv);
+    const Heads k = over_heads(tr[l].head_k), v = over_heads(tr[l].head_v);
+    const Heads ki = with_init ? over_heads(in[l].head_k) : Heads{};
+    const Heads vi = with_init ? over_heads(in[l].head_v) : Heads{};
+    auto range = [](std::size_t lo, std::size_t hi) {
+      return std::to_string(lo) + "-" + std::to_string(hi);
+    };
     auto r90 = [&](const mla::Vec& t, const mla::Vec* i) {
       return both(std::to_string(rank_for_energy(t, 0.90)),
                   i ? std::to_string(rank_for_energy(*i, 0.90)) : "");
     };
-    per_head.add({std::to_string(l), std::to_string(rk) + " of " + std::to_string(d_h),
-                  both(mla::fixed(ck, 3), mla::fixed(ik, 3)),
-                  std::to_string(rv) + " of " + std::to_string(d_h),
-                  both(mla::fixed(cv, 3), mla::fixed(iv, 3)),
-                  r90(tr[l].all_k, with_init ? &in[l].all_k : nullptr),
+    per_head.add({std::to_string(l), range(k.r99_min, k.r99_max),
+                  both(range(k.r90_min, k.r90_max), range(ki.r90_min, ki.r90_max)),
+                  both(std::to_string(k.r90_sum), std::to_string(ki.r90_sum)),
+                  r90(tr[l].all_k, with_init ? &in[l].all_k : nullptr), range(v.r99_min, v.r99_max),
+                  both(std::to_string(v.r90_sum), std::to_string(vi.r90_sum)),
                   r90(tr[l].all_v, with_init ? &in[l].all_v : nullptr),
                   r90(tr[l].joint, with_init ? &in[l].joint : nullptr)});
   }
   per_head.print(std::cout);
-  std::cout << "  r99, r90: rank keeping 99 % / 90 % of the energy; W_K^h: one head's rows; W_K: "
-               "all heads' rows; tr: trained\n";
-  std::cout << "  each head keeps keys and values of full width " << d_h
-            << "; the heads together span fewer directions than their " << rows
-            << " rows: a shared latent can serve them all\n";
+  std::cout
+      << "  r99, r90: rank keeping 99 % / 90 % of the energy, over the layer's heads for "
+         "W_K^h (one head's "
+      << d_h
+      << " rows); W_K: all heads' rows; tr: trained\n"
+         "  compare the sum of the heads' r90 with W_K's, trained and at initialization (where "
+         "independent random heads already need fewer together: energy ranks do not add)\n";
 
-  // The spectra for the figure: s_i / s_1 and the energy of the top i, per layer.
+  // The spectra for the figures: per layer, s_i / s_1 and the energy of the top i of
+  // [W_K; W_V], and the energy of the top i of all heads' W_K (empty past its size).
+  const std::vector<const std::vector<KvSpectrum>*> kinds =
+      with_init ? std::vector<const std::vector<KvSpectrum>*>{&tr, &in}
+                : std::vector<const std::vector<KvSpectrum>*>{&tr};
+  auto kind_name = [&](std::size_t k) { return std::string(k == 0 ? "trained" : "init"); };
   std::vector<std::string> cols{"i"};
   for (std::size_t l = 0; l < L; ++l) {
-    const std::string n = "L" + std::to_string(l);
-    for (const char* what : {"s trained ", "energy trained "}) cols.push_back(what + n);
-    if (!in.empty()) {
-      for (const char* what : {"s init ", "energy init "}) cols.push_back(what + n);
+    for (std::size_t k = 0; k < kinds.size(); ++k) {
+      const std::string n = kind_name(k) + " L" + std::to_string(l);
+      for (const char* what : {"s ", "energy ", "energy K "}) cols.push_back(what + n);
     }
   }
   mla::Table csv(cols);
   for (std::size_t i = 0; i < tr[0].joint.size(); ++i) {
     std::vector<std::string> row{std::to_string(i + 1)};
     for (std::size_t l = 0; l < L; ++l) {
-      row.push_back(mla::num(tr[l].joint(i) / tr[l].joint(0), 5));
-      row.push_back(mla::num(energy_captured(tr[l].joint)[i], 5));
-      if (!in.empty()) {
-        row.push_back(mla::num(in[l].joint(i) / in[l].joint(0), 5));
-        row.push_back(mla::num(energy_captured(in[l].joint)[i], 5));
+      for (const auto* spectra : kinds) {
+        const KvSpectrum& sp = (*spectra)[l];
+        row.push_back(mla::num(sp.joint(i) / sp.joint(0), 5));
+        row.push_back(mla::num(energy_captured(sp.joint)[i], 5));
+        row.push_back(i < sp.all_k.size() ? mla::num(energy_captured(sp.all_k)[i], 5) : "");
       }
     }
     csv.add(row);
   }
   const std::string path = mla::results_dir() + "/ch04_kv_spectrum.csv";
   csv.write_csv(path);
-  std::cout << "  wrote " << path << "\n";
+  // One head alone: the energy of the top r of each head's W_K^h, r = 1 .. d_h.
+  std::vector<std::string> head_cols{"r"};
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t k = 0; k < kinds.size(); ++k) {
+      for (std::size_t h = 0; h < tr[l].head_k.size(); ++h) {
+        head_cols.push_back("energy K head " + std::to_string(h) + " " + kind_name(k) + " L" +
+                            std::to_string(l));
+      }
+    }
+  }
+  mla::Table heads_csv(head_cols);
+  for (std::size_t r = 0; r < d_h; ++r) {
+    std::vector<std::string> row{std::to_string(r + 1)};
+    for (std::size_t l = 0; l < L; ++l) {
+      for (const auto* spectra : kinds) {
+        for (const mla::Vec& s : (*spectra)[l].head_k) {
+          row.push_back(mla::num(energy_captured(s)[r], 5));
+        }
+      }
+    }
+    heads_csv.add(row);
+  }
+  const std::string heads_path = mla::results_dir() + "/ch04_head_spectrum.csv";
+  heads_csv.write_csv(heads_path);
+  std::cout << "  wrote " << path << " and " << heads_path << "\n";
 }
 
 }  // namespace

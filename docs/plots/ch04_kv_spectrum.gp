@@ -14,7 +14,7 @@ set xlabel "i"
 set logscale y 10
 set yrange [0.01:1.1]
 set key top right box lc rgb "#cccccc"
-plot for [l = 0:3] data using "i":(column(sprintf("s init L%d", l))) with lines lw 1.5 dt 2 \
+plot for [l = 0:3] data using "i":(column(sprintf("s init L%d", l))) with lines lw 1.5 \
          lc rgb "#999999" title (l == 0 ? "initialization (every layer)" : "") noenhanced, \
      for [l = 0:3] data using "i":(column(sprintf("s trained L%d", l))) with lines lw 2 \
          lc rgb layer_color(l) title sprintf("trained, layer %d", l)
@@ -28,7 +28,7 @@ set arrow 1 from 64, 0 to 64, 1.02 nohead dt 3 lc rgb "#55a868" lw 1.5
 set label 1 "r = 64, the MLA twin's kv\\_lora\\_rank" at 66, 0.5 tc rgb "#55a868" font ",10"
 set arrow 2 from 0, 0.9 to 129, 0.9 nohead dt 3 lc rgb "#c44e52" lw 1
 set label 2 "90 %" at 2, 0.93 tc rgb "#c44e52" font ",10"
-plot for [l = 0:3] data using "i":(column(sprintf("energy init L%d", l))) with lines lw 1.5 dt 2 \
+plot for [l = 0:3] data using "i":(column(sprintf("energy init L%d", l))) with lines lw 1.5 \
          lc rgb "#999999" title (l == 0 ? "initialization (every layer)" : "") noenhanced, \
      for [l = 0:3] data using "i":(column(sprintf("energy trained L%d", l))) with lines lw 2 \
          lc rgb layer_color(l) title sprintf("trained, layer %d", l)
