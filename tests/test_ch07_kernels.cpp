@@ -62,9 +62,10 @@ std::vector<float> rounded(const std::vector<float>& v) {
 // one head, heads not a multiple of the 16-head groups, more heads than a 64-head block, B > 1.
 const std::vector<MlaProblem>& shapes() {
   static const std::vector<MlaProblem> s{
-      shape(1, 1, 1, 8, 2),     shape(1, 1, 100, 37, 6),  shape(2, 5, 131, 40, 8),
-      shape(1, 16, 64, 64, 16), shape(3, 19, 200, 33, 4), shape(1, 8, 257, 48, 0),
-      shape(2, 70, 97, 24, 2),  shape(2, 32, 77, 40, 8),  shape(1, 128, 150, 512, 64)};
+      shape(1, 1, 1, 8, 2),      shape(1, 1, 100, 37, 6),  shape(2, 5, 131, 40, 8),
+      shape(1, 16, 64, 64, 16),  shape(3, 19, 200, 33, 4), shape(1, 8, 257, 48, 0),
+      shape(2, 70, 97, 24, 2),   shape(2, 32, 77, 40, 8),  shape(1, 128, 150, 512, 64),
+      shape(1, 192, 70, 512, 64)};  // 3 head blocks: v8 runs them in passes where L2 is small
   return s;
 }
 
@@ -110,18 +111,26 @@ TEST_CASE("every MLA decode version equals v1 on odd and DeepSeek shapes, 1 and 
 }
 
 TEST_CASE(
-    "the bf16 cache (v6) equals v1 on the rounded cache, and fp32 v1 within the bf16 tolerance",
+    "every bf16-cache version (v6, v9) equals v1 on the rounded cache, and fp32 v1 within the bf16 "
+    "tolerance",
     "[ch07]") {
   // Shapes with fewer than 8 heads take the per-head path, which computes its scores
   // with vdpbf16ps where the CPU has AVX512_BF16.
   INFO("vdpbf16ps on this CPU: " << (bf16_dot_products_available() ? "yes" : "no"));
+  std::vector<const Kernel*> bf16_kernels;
+  for (const Kernel& k : kernels()) {
+    if (!k.mha && k.dtype == CacheType::BF16) bf16_kernels.push_back(&k);
+  }
+  REQUIRE(bf16_kernels.size() >= 2);
   for (const MlaProblem& p : shapes()) {
     MlaInputs in = MlaInputs::random(p, 11);
     const std::vector<float> ref32 = reference(in);
-    for (int threads : {1, 2}) {
-      INFO(describe(p) << ", " << threads << " thread(s)");
+    for (const auto& [k, threads] :
+         {std::pair{bf16_kernels[0], 1}, std::pair{bf16_kernels[0], 2},
+          std::pair{bf16_kernels[1], 1}, std::pair{bf16_kernels[1], 2}}) {
+      INFO(k->name << " on " << describe(p) << ", " << threads << " thread(s)");
       std::vector<float> out(ref32.size(), std::numeric_limits<float>::quiet_NaN());
-      mla_decode_v6(in.seqs_bf16.data(), in.args(out.data(), threads));
+      k->run_mla(in, out.data(), threads);
       // Against fp32: rounding every cached number to 8 significant bits moves the outputs by
       // about 1e-3; the documented tolerance is kBf16Atol + kBf16Rtol·|ref| (1e-2 + 1e-2·|ref|).
       INFO("vs fp32 v1: " << compare(out, ref32).describe());
@@ -263,19 +272,24 @@ TEST_CASE("the tiled kernels attend to a prefix of each cache, and an empty pref
     a.batch = B;
     a.q_lat = ql.data();
     a.q_rope = qr.data();
-    mla_decode_v5(seqs.data(), a);
-    a.out = out16.data();
-    mla_decode_v6(seqs16.data(), a);
-    for (std::size_t b = 0; b < B; ++b) {
-      INFO("prefix of " << lengths[b] << " tokens, " << threads << " thread(s)");
-      std::vector<float> ref(H * p.d_c, 0.0f);
-      DecodeArgs r = in.args(ref.data(), 1);
-      if (lengths[b] > 0) mla_decode_v1(in.flat.data(), lengths[b], r);
-      const std::vector<float> got(out.begin() + b * H * p.d_c, out.begin() + (b + 1) * H * p.d_c);
-      const std::vector<float> got16(out16.begin() + b * H * p.d_c,
-                                     out16.begin() + (b + 1) * H * p.d_c);
-      CHECK(allclose(got, ref, kAtol, kRtol));
-      CHECK(allclose(got16, ref, kBf16Atol, kBf16Rtol));
+    for (const bool v8 : {false, true}) {  // v5 and v6, then v8 and v9
+      a.out = out.data();
+      (v8 ? mla_decode_v8 : mla_decode_v5)(seqs.data(), a);
+      a.out = out16.data();
+      (v8 ? mla_decode_v9 : mla_decode_v6)(seqs16.data(), a);
+      for (std::size_t b = 0; b < B; ++b) {
+        INFO((v8 ? "v8/v9" : "v5/v6")
+             << ": prefix of " << lengths[b] << " tokens, " << threads << " thread(s)");
+        std::vector<float> ref(H * p.d_c, 0.0f);
+        DecodeArgs r = in.args(ref.data(), 1);
+        if (lengths[b] > 0) mla_decode_v1(in.flat.data(), lengths[b], r);
+        const std::vector<float> got(out.begin() + b * H * p.d_c,
+                                     out.begin() + (b + 1) * H * p.d_c);
+        const std::vector<float> got16(out16.begin() + b * H * p.d_c,
+                                       out16.begin() + (b + 1) * H * p.d_c);
+        CHECK(allclose(got, ref, kAtol, kRtol));
+        CHECK(allclose(got16, ref, kBf16Atol, kBf16Rtol));
+      }
     }
   }
 }
