@@ -1404,7 +1404,10 @@ void mla_decode_v7(const SeqRef* seqs, const DecodeArgs& a) {
 // shared): v8 equals v5 within the noise (±3%) at 16 to 128 heads; the tiles never were the
 // bottleneck there (a 64-head block spends ~75 µs of FMAs per 147 KiB tile: 2 GB/s). A software
 // prefetch of the next tile, spread over this tile's scores, measured 5% slower at 16 heads and
-// was dropped. Fewer than 8 heads (memory-bound) run v5's per-head path unchanged.
+// was dropped; so was a weighted sum with heads in rows and latent columns in lanes (a cache row
+// loaded as it lies, each probability broadcast: half a load per FMA instead of one), which
+// measured ~10% slower than v4's micro-kernel at 16, 32 and 128 heads. Fewer than 8 heads
+// (memory-bound) run v5's per-head path unchanged.
 
 namespace {
 
