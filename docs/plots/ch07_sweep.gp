@@ -7,13 +7,33 @@ data = datadir."/ch07_sweep.csv"
 stats data using (strcol("impl") eq "peak" ? column("threads") : NaN) name "TH" nooutput
 max_threads = TH_max
 impl_row(s) = s eq "v5" ? 0 : s eq "v8" ? 1 : s eq "v6" ? 2 : s eq "v9" ? 3 : -1
-head_row(h) = h == 1 ? 0 : h == 4 ? 1 : h == 16 ? 2 : h == 32 ? 3 : h == 64 ? 4 : h == 128 ? 5 : -1
+# The head counts the sweep measured (--quick measures fewer): a row each, in this order.
+heads = "1 4 16 32 64 128"
+array slot[6]
+n_heads = 0
+do for [i = 1 : 6] {
+  stats data using (strcol("impl") ne "peak" && column("heads") == word(heads, i) + 0 ? 1 : 0) \
+      name "P" nooutput
+  slot[i] = P_sum > 0 ? n_heads : -1
+  if (P_sum > 0) { n_heads = n_heads + 1; shown = (i == 1 ? "" : shown) . word(heads, i) . " " }
+}
+head_row(h) = h == 1 ? slot[1] : h == 4 ? slot[2] : h == 16 ? slot[3] : h == 32 ? slot[4] : \
+              h == 64 ? slot[5] : h == 128 ? slot[6] : -1
 keep(dummy) = impl_row(strcol("impl")) >= 0 && column("threads") == max_threads && \
               head_row(column("heads")) >= 0
-# Row: batch, then kernel, then heads (6 head rows per kernel, 4 kernels per batch).
-row(dummy) = keep(0) ? (column("batch") > 1 ? 24 : 0) + 6 * impl_row(strcol("impl")) + \
-                       head_row(column("heads")) : NaN
-col(dummy) = log(column("context")) / log(2)
+# Row: batch, then kernel, then heads (n_heads rows per kernel, 4 kernels per batch).
+row(dummy) = keep(0) ? (column("batch") > 1 ? 4 * n_heads : 0) + \
+                       n_heads * impl_row(strcol("impl")) + head_row(column("heads")) : NaN
+# Columns: the context lengths measured, in order (2^10 .. 2^16 tokens).
+array cslot[7]
+n_cols = 0
+do for [e = 10 : 16] {
+  stats data using (strcol("impl") ne "peak" && column("context") == 2**e ? 1 : 0) name "Q" nooutput
+  cslot[e - 9] = Q_sum > 0 ? n_cols : -1
+  if (Q_sum > 0) { n_cols = n_cols + 1 }
+}
+col_of(t) = t >= 1024 && t <= 65536 ? cslot[int(log(t) / log(2) + 0.5) - 9] : -1
+col(dummy) = col_of(column("context")) >= 0 ? col_of(column("context")) : NaN
 
 stats data using (keep(0) ? row(0) : NaN) name "R" nooutput
 stats data using (keep(0) ? col(0) : NaN) name "C" nooutput
@@ -24,18 +44,17 @@ set output outfile
 set xrange [C_min - 0.5 : C_max + 0.5]
 set yrange [R_max + 0.5 : R_min - 0.5]
 set xtics 1 format ""
-do for [e = int(C_min) : int(C_max)] {
-  set xtics add (sprintf("%dK", 2**e / 1024) e)
+do for [e = 10 : 16] {
+  if (cslot[e - 9] >= 0) { set xtics add (sprintf("%dK", 2**e / 1024) cslot[e - 9]) }
 }
 set ytics 1 format "" font ",9"
 kernels = "v5 v8 v6 v9"
 dtypes = "f32 f32 bf16 bf16"
-heads = "1 4 16 32 64 128"
 do for [r = int(R_min) : int(R_max)] {
-  b = r >= 24 ? 4 : 1
-  k = (r % 24) / 6 + 1
-  h = r % 6 + 1
-  set ytics add (sprintf("%s %s H=%s B=%d", word(kernels, k), word(dtypes, k), word(heads, h), b) r)
+  b = r >= 4 * n_heads ? 4 : 1
+  k = (r % (4 * n_heads)) / n_heads + 1
+  h = r % n_heads + 1
+  set ytics add (sprintf("%s %s H=%s B=%d", word(kernels, k), word(dtypes, k), word(shown, h), b) r)
 }
 set grid noytics
 set border 0
