@@ -55,12 +55,12 @@ std::vector<std::string> select(const Options& o, bool sweep) {
     }
   } else {
     for (const Kernel& k : kernels()) {
-      // The sweep times what matters per configuration: the reference where cheap, the best
-      // fp32 and bf16 kernels, the BLAS peer and the MHA baseline.
-      if (sweep && k.name != "v1" && k.name != "v5" && k.name != "v6" && k.name != "blas" &&
-          k.name != "mha_v2") {
-        continue;
-      }
+      // The sweep times what matters per configuration: the reference where cheap, the fast
+      // fp32 and bf16 kernels (v5/v6 and their successors v8/v9), and, without --quick, the BLAS
+      // peer and the MHA baseline.
+      const bool fast = k.name == "v5" || k.name == "v6" || k.name == "v8" || k.name == "v9";
+      const bool peers = !o.quick && (k.name == "blas" || k.name == "mha_v2");
+      if (sweep && k.name != "v1" && !fast && !peers) continue;
       names.push_back(k.name);
     }
   }
@@ -263,12 +263,13 @@ int run_single(const Options& o) {
 
 int run_sweep(const Options& o) {
   const bool terminal = stdout_is_terminal();
-  // The full sweep, or with --quick a small one (for the docs' figure): fewer sizes, B = 1,
-  // every hardware thread.
+  // The map of chapter 7's goals (T × H × B × cache type, % of the limit per shape), or with
+  // --quick a small one (for the docs' figure): fewer sizes, B = 1, --threads threads only.
   const std::vector<std::size_t> Ts =
-      o.quick ? std::vector<std::size_t>{128, 512, 2048, 8192}
-              : std::vector<std::size_t>{128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  const std::vector<std::size_t> Hs{1, 16, 128};
+      o.quick ? std::vector<std::size_t>{1024, 4096, 16384}
+              : std::vector<std::size_t>{1024, 2048, 4096, 8192, 16384, 32768, 65536};
+  const std::vector<std::size_t> Hs = o.quick ? std::vector<std::size_t>{1, 16, 32, 128}
+                                              : std::vector<std::size_t>{1, 4, 16, 32, 64, 128};
   const std::vector<std::size_t> Bs =
       o.quick ? std::vector<std::size_t>{1} : std::vector<std::size_t>{1, 4};
   std::vector<int> thread_counts;
@@ -363,8 +364,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
   app.add_flag("--json", o.json, "One JSON object per line instead of the table");
   app.add_flag("--sweep", o.sweep,
-               "T in 128..32768, H in {1,16,128}, B in {1,4}, 1 and --threads threads -> CSV (with "
-               "--quick: T up to 8192, B = 1)");
+               "T in 1K..64K, H in {1,4,16,32,64,128}, B in {1,4}, 1 and --threads threads -> CSV "
+               "(with --quick: T in {1K,4K,16K}, H in {1,16,32,128}, B = 1, --threads only)");
   app.add_flag("--quick", o.quick, "Fewer timed runs (for the tour)");
   add_seed_option(app, o.seed);
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;

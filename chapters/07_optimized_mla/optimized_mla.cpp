@@ -197,6 +197,14 @@ const std::vector<Kernel>& kernels() {
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v7(in.seqs_fp8.data(), in.args(out, th));
         });
+    mla("v8", "v5 + all head blocks of a sequence per tile while it is in L2", true, CacheType::F32,
+        [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v8(in.seqs_f32.data(), in.args(out, th));
+        });
+    mla("v9", "v8 on a bf16 cache", true, CacheType::BF16,
+        [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v9(in.seqs_bf16.data(), in.args(out, th));
+        });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {
       Kernel e;

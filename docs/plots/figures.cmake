@@ -18,7 +18,7 @@
 #
 # Timing figures differ from machine to machine and from run to run: they are never checked.
 cmake_minimum_required(VERSION 3.16)  # IN_LIST in script mode
-set(timing_figures ch02_decode_times ch05_decode_step ch05_prefill_chunk ch07_roofline
+set(timing_figures ch02_decode_times ch05_decode_step ch05_prefill_chunk ch07_roofline ch07_sweep
                    ch09_cost_per_token
                    ch08_throughput)
 

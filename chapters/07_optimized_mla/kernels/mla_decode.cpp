@@ -32,6 +32,11 @@
 //           its dot products and weighted sums (codes widened in registers, the per-128 scale
 //           applied to partial sums). Fewer bytes where the step is memory-bound, the
 //           dequantization's cost where it is compute-bound.
+// version 8 is v5 with the loops of a sequence turned around: a work item is a chunk of the cache,
+//           and every head block it holds (as many as fit this core's L2) runs over each tile
+//           while the tile is in L2; one group of heads meets every token of a tile before the
+//           next group's queries load. (Measured: no faster than v5 on a Zen 4; see its section.)
+// version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
@@ -49,6 +54,10 @@
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
+
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -515,14 +524,13 @@ void pack_queries(const DecodeArgs& a, std::size_t b, std::size_t h0, std::size_
   }
 }
 
-// One head block against a range of tiles (an Item), in groups of G heads.
-template <class Elem, std::size_t G>
-void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
-                    const Item& it) {
-  constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
-  const std::size_t lat = cache.lat_stride(), stride = cache.stride(), hb = it.hb;
-  const std::size_t groups = hb / G;
-  BlockScratch& ws = block_scratch();
+// The state of one head block while it runs over tiles (what run_head_block keeps between
+// tiles): set up by block_begin, advanced one tile at a time by block_tile, written out as the
+// item's partial result by block_end. v8 keeps several of these alive to run all the head blocks
+// of a sequence over each tile while it is in cache.
+void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::size_t G,
+                 std::size_t lat, std::size_t stride) {
+  const std::size_t hb = it.hb;
   grow(ws.qp, stride * hb);
   grow(ws.s, kTile * hb);
   grow(ws.ot, lat * hb);
@@ -533,17 +541,23 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
   std::fill(ws.ot.begin(), ws.ot.begin() + lat * hb, 0.0f);
   std::fill(ws.m.begin(), ws.m.begin() + hb, kNegInf);
   std::fill(ws.l.begin(), ws.l.begin() + hb, 0.0f);
+}
+
+// One tile (nt, stride) as floats for one head block of hb lanes in groups of G heads.
+template <std::size_t G, bool GroupsOuter = false>
+void block_tile(BlockScratch& ws, RowView<const float> tile, std::size_t hb, std::size_t lat) {
+  constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
+  const std::size_t nt = tile.rows(), stride = tile.cols(), groups = hb / G;
   // qp: (groups, stride, G), S: (groups, kTile, G), Ot: (groups, lat, G); m, l, alpha: (hb).
   float *S = ws.s.data(), *Ot = ws.ot.data(), *M = ws.m.data(), *L = ws.l.data();
   float* alpha = ws.alpha.data();
   const float* qp = ws.qp.data();
 
-  for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    const std::size_t nt = tile_tokens(length, i);
-    const RowView<const float> tile = float_tile<Elem>(cache, i, nt);  // (nt, stride)
-
-    // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): kTokGroup tokens × G heads at
-    //    a time; those rows stay in L1 while the head groups stream their packed queries.
+  // 1. scores S (nt, hb) = tile (nt, stride) · qp (stride, hb): kTokGroup tokens × G heads at
+  //    a time; those rows stay in L1 while the head groups stream their packed queries.
+  //    v8 turns the loops around (GroupsOuter): one group's packed queries then serve every
+  //    token of the tile before the next group's are read.
+  if constexpr (!GroupsOuter) {
     for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
       const std::size_t n = std::min(kTok, nt - t0);
       for (std::size_t g = 0; g < groups; ++g) {
@@ -551,45 +565,70 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
                                  S + (g * kTile + t0) * G, G);
       }
     }
-
-    // 2. online softmax per head, heads in lanes: every step is a whole-vector operation.
-    for (std::size_t h = 0; h < hb; h += W) {
-      float* Sh = S + (h / G) * kTile * G + h % G;  // this vector of heads, token t at Sh[t·G]
-      V mt(kNegInf);
-      for (std::size_t t = 0; t < nt; ++t) mt = xsimd::max(mt, V::load_aligned(Sh + t * G));
-      const V m_old = V::load_aligned(M + h);
-      const V m_new = xsimd::max(m_old, mt);
-      const V al = rescale_factor(m_old, m_new);
-      V sum(0.0f);
-      for (std::size_t t = 0; t < nt; ++t) {
-        const V e = xsimd::exp(V::load_aligned(Sh + t * G) - m_new);
-        e.store_aligned(Sh + t * G);
-        sum += e;
-      }
-      (V::load_aligned(L + h) * al + sum).store_aligned(L + h);
-      m_new.store_aligned(M + h);
-      al.store_aligned(alpha + h);
-    }
-
-    // 3. Ot (lat, hb) = alpha · Ot + tileᵀ[:lat] (lat, nt) · P (nt, hb): kColGroup columns × G
-    //    heads at a time.
-    for (std::size_t j0 = 0; j0 < lat; j0 += kCol) {
-      const std::size_t n = std::min(kCol, lat - j0);
-      for (std::size_t g = 0; g < groups; ++g) {
-        pv_dispatch<kCol, G>(n, Ot + (g * lat + j0) * G, G, S + g * kTile * G, G, tile.data() + j0,
-                             stride, nt, alpha + g * G);
+  } else {
+    for (std::size_t g = 0; g < groups; ++g) {
+      for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
+        const std::size_t n = std::min(kTok, nt - t0);
+        scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile.row(t0), stride, stride,
+                                 S + (g * kTile + t0) * G, G);
       }
     }
   }
 
-  // The partial result, heads back in rows: o (hb, lat), m (hb), l (hb).
+  // 2. online softmax per head, heads in lanes: every step is a whole-vector operation.
+  for (std::size_t h = 0; h < hb; h += W) {
+    float* Sh = S + (h / G) * kTile * G + h % G;  // this vector of heads, token t at Sh[t·G]
+    V mt(kNegInf);
+    for (std::size_t t = 0; t < nt; ++t) mt = xsimd::max(mt, V::load_aligned(Sh + t * G));
+    const V m_old = V::load_aligned(M + h);
+    const V m_new = xsimd::max(m_old, mt);
+    const V al = rescale_factor(m_old, m_new);
+    V sum(0.0f);
+    for (std::size_t t = 0; t < nt; ++t) {
+      const V e = xsimd::exp(V::load_aligned(Sh + t * G) - m_new);
+      e.store_aligned(Sh + t * G);
+      sum += e;
+    }
+    (V::load_aligned(L + h) * al + sum).store_aligned(L + h);
+    m_new.store_aligned(M + h);
+    al.store_aligned(alpha + h);
+  }
+
+  // 3. Ot (lat, hb) = alpha · Ot + tileᵀ[:lat] (lat, nt) · P (nt, hb): kColGroup columns × G
+  //    heads at a time.
+  for (std::size_t j0 = 0; j0 < lat; j0 += kCol) {
+    const std::size_t n = std::min(kCol, lat - j0);
+    for (std::size_t g = 0; g < groups; ++g) {
+      pv_dispatch<kCol, G>(n, Ot + (g * lat + j0) * G, G, S + g * kTile * G, G, tile.data() + j0,
+                           stride, nt, alpha + g * G);
+    }
+  }
+}
+
+// The partial result, heads back in rows: o (hb, lat), m (hb), l (hb) into it.part.
+void block_end(const BlockScratch& ws, const Item& it, std::size_t G, std::size_t lat) {
+  const std::size_t hb = it.hb;
+  const float* Ot = ws.ot.data();
   float* po = it.part;
   for (std::size_t hh = 0; hh < hb; ++hh) {
     const float* panel = Ot + (hh / G) * lat * G + hh % G;
     for (std::size_t j = 0; j < lat; ++j) po[hh * lat + j] = panel[j * G];
   }
-  std::copy(M, M + hb, po + hb * lat);
-  std::copy(L, L + hb, po + hb * lat + hb);
+  std::copy(ws.m.begin(), ws.m.begin() + hb, po + hb * lat);
+  std::copy(ws.l.begin(), ws.l.begin() + hb, po + hb * lat + hb);
+}
+
+// One head block against a range of tiles (an Item), in groups of G heads.
+template <class Elem, std::size_t G>
+void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                    const Item& it) {
+  const std::size_t lat = cache.lat_stride();
+  BlockScratch& ws = block_scratch();
+  block_begin(ws, a, it, G, lat, cache.stride());
+  for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
+    block_tile<G>(ws, float_tile<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat);
+  }
+  block_end(ws, it, G, lat);
 }
 
 // An item of a head-blocked step, in the groups the blocking chose.
@@ -1346,6 +1385,147 @@ bool fp8_per_head_lanes(const LatentCache&, std::size_t, const DecodeArgs&, cons
 void mla_decode_v7(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::FP8);
   decode_split<std::uint8_t>(seqs, a);
+}
+
+// ============================================================================================
+// version 8: every head block of a sequence over each tile while it is in cache
+// ============================================================================================
+// v5 makes one work item per (sequence, head block, chunk): at 128 heads two items read the same
+// tiles, each from memory (or L3), and a bf16 tile is widened once per head block. v8's item is a
+// (sequence, chunk) and holds the state of several head blocks (packed queries, transposed output
+// accumulators, m, l: ~290 KiB per 64 heads): for each tile, every head block of the pass runs
+// block_tile on it while it sits in L2, so a tile comes from memory, and is widened, once per
+// pass. A pass is as many head blocks as fit, with their tile, in this core's L2 (read at run time
+// from the OS; 512 KiB if it does not say): with a smaller L2 the states would spill instead of
+// the tile, and re-reading the tile per head block is the cheaper of the two. Within a tile, one
+// group of heads meets every token before the next group's packed queries are read.
+//
+// Measured on a Zen 4 (1 MiB L2, AVX-512 as two halves), in FLOPs per CPU-second (the machine was
+// shared): v8 equals v5 within the noise (±3%) at 16 to 128 heads; the tiles never were the
+// bottleneck there (a 64-head block spends ~75 µs of FMAs per 147 KiB tile: 2 GB/s). A software
+// prefetch of the next tile, spread over this tile's scores, measured 5% slower at 16 heads and
+// was dropped; so was a weighted sum with heads in rows and latent columns in lanes (a cache row
+// loaded as it lies, each probability broadcast: half a load per FMA instead of one), which
+// measured ~10% slower than v4's micro-kernel at 16, 32 and 128 heads. Fewer than 8 heads
+// (memory-bound) run v5's per-head path unchanged.
+
+namespace {
+
+// This core's L2 in bytes: the OS's answer (glibc's sysconf), 512 KiB if it gives none.
+std::size_t l2_bytes() {
+  static const std::size_t bytes = [] {
+    long n = -1;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{512} << 10;
+  }();
+  return bytes;
+}
+
+// Head blocks per pass over the cache: as many as fit in 3/4 of L2 with one tile (the rest for
+// the tile's float copy with a bf16 cache, the scores, the stack), at least one.
+std::size_t blocks_per_pass(const HeadBlocks& blocks, std::size_t lat, std::size_t stride,
+                            std::size_t tile_bytes) {
+  const std::size_t state = sizeof(float) * blocks.lanes * (stride + lat + kTile);
+  const std::size_t budget = l2_bytes() * 3 / 4;
+  const std::size_t fit = budget > tile_bytes ? (budget - tile_bytes) / state : 0;
+  return std::clamp<std::size_t>(fit, 1, blocks.count);
+}
+
+// One (sequence, chunk, pass) unit: items[k] (k < n) are the pass's head blocks over the same
+// tiles, each with its own state, in groups of G heads.
+template <class Elem, std::size_t G>
+void run_shared_tiles(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                      const Item* items, std::size_t n) {
+  const std::size_t lat = cache.lat_stride(), stride = cache.stride();
+  static thread_local std::vector<BlockScratch> states;
+  if (states.size() < n) states.resize(n);
+  for (std::size_t k = 0; k < n; ++k) block_begin(states[k], a, items[k], G, lat, stride);
+  const Item& first = items[0];
+  for (std::size_t i = first.tile_begin; i < first.tile_end; ++i) {
+    const RowView<const float> tile = float_tile<Elem>(cache, i, tile_tokens(length, i));
+    for (std::size_t k = 0; k < n; ++k) block_tile<G, true>(states[k], tile, first.hb, lat);
+  }
+  for (std::size_t k = 0; k < n; ++k) block_end(states[k], items[k], G, lat);
+}
+
+// The driver of v8 and v9: items as v5 cuts them, ordered (sequence, head block, chunk) for the
+// combine; a unit of work is (sequence, pass of head blocks, chunk).
+template <class Elem>
+void decode_shared(const SeqRef* seqs, const DecodeArgs& a) {
+  const std::size_t B = a.batch, H = a.heads;
+  if (B == 0) return;
+  if (H < kPerHeadBelow) return decode_split<Elem>(seqs, a);
+  const LatentCache& c0 = *seqs[0].cache;
+  const std::size_t lat = c0.lat_stride();
+  const int threads = std::max(a.threads, 1);
+  const HeadBlocks blocks = head_blocks(H);
+  const std::size_t per_pass = blocks_per_pass(blocks, lat, c0.stride(), c0.tile_bytes());
+  const std::size_t passes = (blocks.count + per_pass - 1) / per_pass;
+
+  const std::size_t chunks = kv_chunks(B * passes, threads);
+  std::vector<Item> items;
+  std::vector<std::size_t> first_item;
+  struct Unit {
+    std::size_t b, first, blocks, chunks;  // items[first + k·chunks]: its blocks, k < blocks
+  };
+  std::vector<Unit> units;
+  for (std::size_t b = 0; b < B; ++b) {
+    const std::size_t n_tiles = tiles_of(seqs[b].length);
+    const std::size_t nc = std::max<std::size_t>(1, std::min(chunks, n_tiles));
+    for (std::size_t blk = 0; blk < blocks.count; ++blk) {
+      if (blk % per_pass == 0) {
+        for (std::size_t c = 0; c < nc; ++c)
+          units.push_back({b, items.size() + c, std::min(per_pass, blocks.count - blk), nc});
+      }
+      first_item.push_back(items.size());
+      const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
+      for (std::size_t c = 0; c < nc; ++c) {
+        items.push_back({b, h0, nh, blocks.lanes, chunk_begin(n_tiles, c, nc),
+                         chunk_begin(n_tiles, c + 1, nc), nullptr});
+      }
+    }
+  }
+  first_item.push_back(items.size());
+  static thread_local AlignedVec parts;
+  const std::size_t psize = part_size(blocks.lanes, lat);
+  grow(parts, items.size() * psize);
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].part = parts.data() + i * psize;
+
+  mla::parallel_for(static_cast<long>(units.size()), threads, [&](long u) {
+    const Unit& un = units[static_cast<std::size_t>(u)];
+    // The unit's items, one per head block, gathered (they are `chunks` apart in `items`).
+    std::vector<Item> mine;
+    for (std::size_t k = 0; k < un.blocks; ++k) mine.push_back(items[un.first + k * un.chunks]);
+    const LatentCache& cache = *seqs[un.b].cache;
+    if (blocks.wide) {
+      run_shared_tiles<Elem, kWideGroup>(cache, seqs[un.b].length, a, mine.data(), mine.size());
+    } else {
+      run_shared_tiles<Elem, kNarrowGroup>(cache, seqs[un.b].length, a, mine.data(), mine.size());
+    }
+  });
+  combine(items, first_item, lat, a, threads);
+}
+
+}  // namespace
+
+void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::F32);
+  decode_shared<float>(seqs, a);
+}
+
+// ============================================================================================
+// version 9: v8 on a bf16 cache
+// ============================================================================================
+// v6's element-type hooks (cache_tile, float_tile) on v8's driver: a bf16 tile is widened into
+// floats once per pass of head blocks instead of once per head block (twice at 128 heads
+// where the L2 holds both blocks).
+// Fewer than 8 heads run v6's per-head path (vdpbf16ps where the CPU has it).
+
+void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::BF16);
+  decode_shared<std::uint16_t>(seqs, a);
 }
 
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {

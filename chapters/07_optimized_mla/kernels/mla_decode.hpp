@@ -79,6 +79,12 @@ void mla_decode_v6(const SeqRef* seqs, const DecodeArgs& a);
 /// 128 numbers, bf16 rope key; sums in float). FP8 caches.
 void mla_decode_v7(const SeqRef* seqs, const DecodeArgs& a);
 
+/// v8: v5 with all head blocks of a sequence run over each cache tile while it is in L2 (as many
+/// as fit this core's L2 per pass). F32 caches.
+void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a);
+/// v9: v8 on a bf16 cache (fewer than 8 heads: v6's per-head path). BF16 caches.
+void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
+
 /// The fastest version for the caches given: v5 for F32 caches, v6 for BF16, v7 for FP8 (all caches
 /// of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
