@@ -3,6 +3,7 @@
 #include "04_low_rank_latents/mha_to_mla.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include <fmt/format.h>
@@ -56,6 +57,19 @@ double MlaFromMha::energy_kept() const {
     if (i < rank) kept += e;
   }
   return all > 0.0 ? kept / all : 1.0;
+}
+
+Mat input_basis_from_second_moment(const Mat& sigma) {
+  if (sigma.shape(0) != sigma.shape(1)) {
+    throw InputError("input_basis_from_second_moment: the second moment has shape " +
+                     shape_str(sigma) + ", not square");
+  }
+  const Svd e = svd(sigma);  // symmetric PSD: U = V, s = its eigenvalues
+  Mat B = e.U;
+  for (std::size_t r = 0; r < B.shape(0); ++r) {
+    for (std::size_t c = 0; c < B.shape(1); ++c) B(r, c) *= std::sqrt(std::max(0.0f, e.s(c)));
+  }
+  return B;
 }
 
 std::size_t max_latent_rank(const MhaProjections& p, const Mat& input_basis) {

@@ -84,6 +84,12 @@ struct MlaFromMha {
 /// smaller.
 std::size_t max_latent_rank(const MhaProjections& p, const Mat& input_basis = {});
 
+/// An input basis B (D, D) with B·Bᵀ = Σ from the inputs' second moment Σ = E[x·xᵀ] (D, D,
+/// symmetric, positive semi-definite): B = U·diag(√s) from Σ = U·diag(s)·Uᵀ. With it the SVDs
+/// of mha_to_mla keep what matters for the inputs the layer really gets (‖W·x‖² averaged over
+/// them is ‖W·B‖²_F), not for every direction alike. InputError unless Σ is square.
+Mat input_basis_from_second_moment(const Mat& sigma);
+
 /// Convert one layer. `input_basis` B (D, k) says which inputs matter: the SVDs factor W·B
 /// instead of W (empty = the identity), so an input direction's weight is its length in B —
 /// e.g. diag(input_layernorm), the scale each input feature arrives with. InputError naming the

@@ -150,6 +150,10 @@ class GqaSequenceAttention final : public SequenceAttention {
 
 }  // namespace
 
+std::unique_ptr<SequenceAttention> gqa_attention(const GqaWeights& w, const GqaConfig& c) {
+  return std::make_unique<GqaSequenceAttention>(w, c);
+}
+
 std::vector<ch06::MlaPath> mla_paths(int threads) {
   std::vector<ch06::MlaPath> paths = ch06::builtin_paths();
   for (auto& p : ch07::optimized_paths(threads)) paths.push_back(std::move(p));
@@ -167,7 +171,7 @@ Decoder::Decoder(std::shared_ptr<const Model> m, const std::string& path, int th
                                   "'");
     }
     for (const auto& l : m_->weights.layers) {
-      attn_.push_back(std::make_unique<GqaSequenceAttention>(l.gqa, c.gqa));
+      attn_.push_back(gqa_attention(l.gqa, c.gqa));
     }
     return;
   }

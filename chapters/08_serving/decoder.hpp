@@ -68,6 +68,10 @@ class SequenceAttention {
   virtual Mat forward(const Mat& x) = 0;
 };
 
+/// A Llama-style MHA/GQA layer's attention over one sequence with a plain K/V cache: what a
+/// Decoder of an MHA/GQA model runs in each layer.
+std::unique_ptr<SequenceAttention> gqa_attention(const GqaWeights& w, const GqaConfig& c);
+
 /// The MLA paths a Decoder can run: chapter 6's "naive" and "absorbed", chapter 7's "fast"
 /// (fp32 tiles, v5) and "fast_bf16" (bf16 tiles, v6).
 std::vector<ch06::MlaPath> mla_paths(int threads = 1);

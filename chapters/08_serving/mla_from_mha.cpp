@@ -109,9 +109,10 @@ std::size_t MlaFromMhaModel::cache_floats_per_token() const {
   return layers.empty() ? 0 : layers.front().cache_floats();
 }
 
-MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::MhaToMlaOptions& o) {
-  if (!m) throw std::invalid_argument("convert_mha_model: no model");
-  const ModelConfig& c = m->config;
+namespace {
+
+/// InputError unless the model's attention is MHA.
+void check_mha(const ModelConfig& c) {
   if (c.attention != AttentionKind::GQA || c.gqa.kv_heads != c.gqa.heads) {
     throw InputError(fmt::format(
         "the model's attention is {}{}: the conversion starts from MHA (as many key/value "
@@ -121,16 +122,74 @@ MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::Mh
             ? fmt::format(" ({} key/value heads for {} query heads)", c.gqa.kv_heads, c.gqa.heads)
             : std::string(" (already latent)")));
   }
+}
+
+/// A layer's attention that also adds its inputs' x·xᵀ to a running sum.
+class RecordingAttention final : public SequenceAttention {
+ public:
+  RecordingAttention(std::unique_ptr<SequenceAttention> inner, Mat& sum, std::size_t& count)
+      : inner_(std::move(inner)), sum_(sum), count_(count) {}
+  Mat forward(const Mat& x) override {
+    const Mat xt_ = xt::transpose(x);
+    sum_ += matmul(xt_, x);  // Σ_rows x·xᵀ: (D, D)
+    count_ += x.shape(0);
+    return inner_->forward(x);
+  }
+
+ private:
+  std::unique_ptr<SequenceAttention> inner_;
+  Mat& sum_;
+  std::size_t& count_;
+};
+
+}  // namespace
+
+std::vector<Mat> attention_input_moments(const Model& m, const std::vector<int>& text,
+                                         std::size_t window) {
+  check_mha(m.config);
+  if (text.size() < 2 || window == 0) {
+    throw InputError("calibration: the text holds no window to read");
+  }
+  const std::size_t D = m.config.hidden_size, L = m.weights.layers.size();
+  std::vector<Mat> sums(L, xt::zeros<float>({D, D}));
+  std::vector<std::size_t> counts(L, 0);
+  auto view = std::shared_ptr<const Model>(&m, [](const Model*) {});  // not owned: lives in m
+  for (std::size_t start = 0; start + 1 < text.size(); start += window) {
+    std::vector<std::unique_ptr<SequenceAttention>> attn;
+    for (std::size_t i = 0; i < L; ++i) {
+      attn.push_back(std::make_unique<RecordingAttention>(
+          gqa_attention(m.weights.layers[i].gqa, m.config.gqa), sums[i], counts[i]));
+    }
+    Decoder d(view, std::move(attn));
+    const std::size_t n = std::min(window, text.size() - start);
+    d.forward(std::vector<int>(text.begin() + start, text.begin() + start + n));
+  }
+  for (std::size_t i = 0; i < L; ++i) sums[i] /= static_cast<float>(counts[i]);
+  return sums;
+}
+
+MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::MhaToMlaOptions& o,
+                                  const std::vector<Mat>& moments) {
+  if (!m) throw std::invalid_argument("convert_mha_model: no model");
+  const ModelConfig& c = m->config;
+  check_mha(c);
   MlaFromMhaModel out;
   out.base = m;
   out.options = o;
+  out.calibrated = !moments.empty();
   out.rope_frequencies = ch06::rope_frequencies(c.gqa.head_dim, c.gqa.rope_theta);
-  for (const LayerWeights& l : m->weights.layers) {
+  if (!moments.empty() && moments.size() != m->weights.layers.size()) {
+    throw InputError(fmt::format("convert_mha_model: {} calibration moments for {} layers",
+                                 moments.size(), m->weights.layers.size()));
+  }
+  for (std::size_t li = 0; li < m->weights.layers.size(); ++li) {
+    const LayerWeights& l = m->weights.layers[li];
     const ch04::MhaProjections p{l.gqa.q_proj, l.gqa.k_proj, l.gqa.v_proj, c.gqa.heads,
                                  c.gqa.head_dim};
     const std::size_t D = c.hidden_size;
     Mat basis = xt::zeros<float>({D, D});  // diag(input_layernorm)
     for (std::size_t i = 0; i < D; ++i) basis(i, i) = l.input_layernorm(i);
+    if (!moments.empty()) basis = ch04::input_basis_from_second_moment(moments[li]);
     out.layers.push_back(ch04::mha_to_mla(p, o, basis));
   }
   return out;
@@ -210,7 +269,8 @@ void save_mla_from_mha(const MlaFromMhaModel& m, const std::string& dir) {
                   {"rope_components", m.options.rope_components},
                   {"rope_units", w0.units()},
                   {"rope_unit_pairs", w0.rope_pair},
-                  {"rope_unit_frequencies", unit_freq}};
+                  {"rope_unit_frequencies", unit_freq},
+                  {"svd_basis", m.calibrated ? "calibration" : "input_layernorm"}};
   std::ofstream out(fs::path(dir) / "config.json");
   out << j.dump(2) << "\n";
   if (!out) throw InputError(dir + ": cannot write config.json");

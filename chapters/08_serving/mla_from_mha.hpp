@@ -34,15 +34,25 @@ struct MlaFromMhaModel {
   ch04::MhaToMlaOptions options;         ///< what the conversion kept
   std::vector<ch04::MlaFromMha> layers;  ///< one converted attention per layer
   std::vector<float> rope_frequencies;   ///< the MHA head's d_h/2 frequencies, pair i first
+  bool calibrated = false;  ///< the SVDs weighted by measured input moments (else diag(g))
   /// Floats cached per token per layer: r + d_r.
   std::size_t cache_floats_per_token() const;
 };
 
-/// Convert every layer of an MHA model, weighting input features by the layer's
-/// input_layernorm (the input basis diag(g): the scale each feature reaches the projections
-/// with). InputError naming the problem for a model that is not MHA (MLA, or fewer KV heads than
-/// query heads) and for the options mha_to_mla refuses.
-MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::MhaToMlaOptions& o);
+/// Per layer, the second moment E[x·xᵀ] (D, D) of the attention's inputs x (the normed hidden
+/// states) when the model reads `text` in windows of `window` bytes: calibration for
+/// convert_mha_model. InputError for a model that is not MHA or a text shorter than 2 bytes.
+std::vector<Mat> attention_input_moments(const Model& m, const std::vector<int>& text,
+                                         std::size_t window);
+
+/// Convert every layer of an MHA model. The SVDs weight input directions by `moments` (one per
+/// layer, from attention_input_moments) when given, else by the layer's input_layernorm (the
+/// input basis diag(g): the scale each feature reaches the projections with, all directions
+/// alike otherwise). InputError naming the problem for a model that is not MHA (MLA, or fewer KV
+/// heads than query heads), for moments of the wrong count, and for the options mha_to_mla
+/// refuses.
+MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::MhaToMlaOptions& o,
+                                  const std::vector<Mat>& moments = {});
 
 /// A decoder running the converted model (one sequence, its latent caches).
 Decoder converted_decoder(const std::shared_ptr<const MlaFromMhaModel>& m);

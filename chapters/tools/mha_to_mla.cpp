@@ -34,6 +34,27 @@ std::vector<int> read_bytes(const std::string& path) {
   return encode_bytes(s);
 }
 
+/// "PAIRS:DIRECTIONS" -> (pairs, directions); 0:0 = no RoPE. InputError naming the option.
+std::pair<std::size_t, std::size_t> parse_rope(const std::string& spec) {
+  const auto colon = spec.find(':');
+  std::size_t n = 0, m = 0;
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument(spec);
+    std::size_t used = 0;
+    const std::string a = spec.substr(0, colon), b = spec.substr(colon + 1);
+    n = std::stoul(a, &used);
+    if (used != a.size() || a[0] == '-') throw std::invalid_argument(spec);
+    m = std::stoul(b, &used);
+    if (used != b.size() || b[0] == '-') throw std::invalid_argument(spec);
+  } catch (const std::exception&) {
+    throw InputError("--rope '" + spec + "': expected PAIRS:DIRECTIONS, e.g. 5:8");
+  }
+  if ((n == 0) != (m == 0)) {
+    throw InputError("--rope '" + spec + "': 0 pairs go with 0 directions (0:0, no RoPE)");
+  }
+  return {n, n == 0 ? 1 : m};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -48,9 +69,11 @@ int main(int argc, char** argv) {
   std::string text_path = (fs::path(data_dir()) / "models" / "val_excerpt.txt").string();
   std::string csv = (fs::path(results_dir()) / "mha_to_mla.csv").string();
   std::string save_dir;
-  std::vector<std::size_t> ranks = {16, 32, 48, 64, 96, 128};
-  std::vector<std::size_t> rope_pairs = {0, 2, 4, 8};
-  std::size_t components = 1, windows = 64, window = 0;
+  std::string calibration = (fs::path(data_dir()) / "models" / "calib_excerpt.txt").string();
+  bool no_calibration = false;
+  std::vector<std::size_t> ranks = {8, 16, 32, 64, 128};
+  std::vector<std::string> rope_specs = {"8:8", "5:8", "5:4", "8:1"};
+  std::size_t windows = 64, window = 0;
   std::vector<std::string> finetuned;
   app.add_option("--model", model_dir, "The MHA model folder")
       ->check(CLI::ExistingDirectory)
@@ -61,23 +84,28 @@ int main(int argc, char** argv) {
   app.add_option("--ranks", ranks, "Latent ranks r")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
       ->delimiter(',');
-  app.add_option("--rope-pairs", rope_pairs,
-                 "RoPE kept on the n fastest frequency pairs of a head (0 = no RoPE at all)")
-      ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 20))
-      ->delimiter(',');
-  app.add_option("--rope-components", components,
-                 "Directions across heads that keep RoPE per kept pair (1 = one shared key's "
-                 "worth, as DeepSeek's k_pe; the number of heads = exact)")
-      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
+  app.add_option("--rope", rope_specs,
+                 "RoPE choices PAIRS:DIRECTIONS: RoPE kept on the PAIRS fastest frequency pairs "
+                 "of a head (0..d_h/2), on the DIRECTIONS leading directions across heads of each "
+                 "(1..heads; 1 = one shared key's worth as DeepSeek's k_pe, all heads = every "
+                 "rotation). 0:0 = no RoPE at all")
+      ->delimiter(',')
       ->capture_default_str();
   app.add_option("--windows", windows, "Windows of the text scored, at most")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
       ->capture_default_str();
   app.add_option("--window", window, "Bytes per window (default: the model's context)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+  app.add_option("--calibration", calibration,
+                 "Weight the SVDs by the attention inputs measured on this text (default: 16,385 "
+                 "training bytes)")
+      ->check(CLI::ExistingFile)
+      ->capture_default_str();
+  app.add_flag("--no-calibration", no_calibration,
+               "Weight the SVDs by each layer's input_layernorm instead (no data)");
   app.add_option("--csv", csv, "Where to write the table")->capture_default_str();
   app.add_option("--save", save_dir,
-                 "Write the converted model here (one rank, one --rope-pairs) for train.py "
+                 "Write the converted model here (one --ranks, one --rope) for train.py "
                  "--finetune-from, and score nothing");
   app.add_option("--finetuned", finetuned,
                  "finetune.json records of train.py --finetune-from runs: rows of the table")
@@ -89,12 +117,24 @@ int main(int argc, char** argv) {
     const ModelConfig& c = base->config;
     check_byte_vocabulary(c, model_dir);
     const std::size_t L = c.num_hidden_layers;
+    std::vector<std::pair<std::size_t, std::size_t>> ropes;
+    for (const std::string& spec : rope_specs) ropes.push_back(parse_rope(spec));
+    // The options that need no model run are checked first.
+    if (!save_dir.empty() && (ranks.size() != 1 || ropes.size() != 1)) {
+      throw InputError("--save writes one model: give one --ranks and one --rope");
+    }
+    if (window == 0) window = c.max_position_embeddings;
+    if (window > c.max_position_embeddings) {
+      throw InputError(fmt::format("--window {} is beyond the model's context of {}", window,
+                                   c.max_position_embeddings));
+    }
+    std::vector<Mat> moments;  // empty: the SVDs weight inputs by input_layernorm
+    if (!no_calibration) {
+      moments = attention_input_moments(*base, read_bytes(calibration), c.max_position_embeddings);
+    }
     if (!save_dir.empty()) {
-      if (ranks.size() != 1 || rope_pairs.size() != 1) {
-        throw InputError("--save writes one model: give one --ranks and one --rope-pairs");
-      }
       auto m = std::make_shared<const MlaFromMhaModel>(
-          convert_mha_model(base, {ranks[0], rope_pairs[0], components}));
+          convert_mha_model(base, {ranks[0], ropes[0].first, ropes[0].second}, moments));
       save_mla_from_mha(*m, save_dir);
       std::cout << fmt::format("wrote {} (r = {}, d_rope = {}: {} floats/token/layer)\n", save_dir,
                                ranks[0], m->layers[0].rope_dim(), m->cache_floats_per_token());
@@ -102,16 +142,11 @@ int main(int argc, char** argv) {
     }
     // Check every option before the long runs: the first bad one is refused at once.
     std::vector<std::shared_ptr<const MlaFromMhaModel>> models;
-    for (std::size_t n : rope_pairs) {
+    for (const auto& [n, dirs] : ropes) {
       for (std::size_t r : ranks) {
-        models.push_back(
-            std::make_shared<const MlaFromMhaModel>(convert_mha_model(base, {r, n, components})));
+        models.push_back(std::make_shared<const MlaFromMhaModel>(
+            convert_mha_model(base, {r, n, dirs}, moments)));
       }
-    }
-    if (window == 0) window = c.max_position_embeddings;
-    if (window > c.max_position_embeddings) {
-      throw InputError(fmt::format("--window {} is beyond the model's context of {}", window,
-                                   c.max_position_embeddings));
     }
     const std::vector<int> text = read_bytes(text_path);
     const std::size_t scored = std::min(windows, text.empty() ? 0 : (text.size() - 1) / window);
@@ -120,17 +155,18 @@ int main(int argc, char** argv) {
 
     // Cache bytes: F32 over all layers, as data/models/models_quality.csv counts them.
     Table t({"attention", "r", "rope pairs", "rope dirs", "d_rope", "cache floats/token/layer",
-             "cache bytes/token", "energy kept", "val bits/byte", "vs MHA", "fine-tune steps"});
+             "cache bytes/token", "SVD basis", "energy kept", "val bits/byte", "vs MHA",
+             "fine-tune steps"});
     const double mha = bits_per_byte([&] { return Decoder(base, "gqa"); }, text, window, windows);
     const std::size_t mha_floats = c.cache_floats_per_token();
     auto row = [&](const std::string& kind, const std::string& r, std::size_t n, std::size_t m,
-                   std::size_t dr, std::size_t floats, const std::string& energy, double bpb,
-                   int steps) {
+                   std::size_t dr, std::size_t floats, const std::string& basis,
+                   const std::string& energy, double bpb, int steps) {
       t.add({kind, r, std::to_string(n), std::to_string(m), std::to_string(dr),
-             std::to_string(floats), std::to_string(floats * 4 * L), energy, fixed(bpb, 4),
+             std::to_string(floats), std::to_string(floats * 4 * L), basis, energy, fixed(bpb, 4),
              fmt::format("{:+.4f}", bpb - mha), std::to_string(steps)});
     };
-    row("mha", "-", c.gqa.head_dim / 2, c.gqa.heads, 0, mha_floats, "1", mha, 0);
+    row("mha", "-", c.gqa.head_dim / 2, c.gqa.heads, 0, mha_floats, "-", "1", mha, 0);
     for (const auto& m : models) {
       double energy = 0;
       for (const auto& l : m->layers) energy += l.energy_kept() / static_cast<double>(L);
@@ -138,7 +174,8 @@ int main(int argc, char** argv) {
       const auto& l0 = m->layers[0];
       row("converted", std::to_string(l0.rank), m->options.rope_pairs,
           m->options.rope_pairs ? m->options.rope_components : 0, l0.rope_dim(),
-          m->cache_floats_per_token(), fixed(energy, 4), bpb, 0);
+          m->cache_floats_per_token(), m->calibrated ? "calibration" : "input_layernorm",
+          fixed(energy, 4), bpb, 0);
       std::cerr << "." << std::flush;  // progress: a conversion and its scoring take seconds
     }
     std::cerr << "\n";
@@ -148,8 +185,9 @@ int main(int argc, char** argv) {
         row("fine-tuned", std::to_string(j.at("kv_lora_rank").get<std::size_t>()),
             j.at("rope_pairs").get<std::size_t>(), j.at("rope_components").get<std::size_t>(),
             j.at("rope_dim").get<std::size_t>(),
-            j.at("kv_cache_floats_per_token_per_layer").get<std::size_t>(), "-",
-            j.at("val_bits_per_byte").get<double>(), j.at("steps").get<int>());
+            j.at("kv_cache_floats_per_token_per_layer").get<std::size_t>(),
+            j.at("svd_basis").get<std::string>(), "-", j.at("val_bits_per_byte").get<double>(),
+            j.at("steps").get<int>());
       } catch (const nlohmann::json::exception& e) {
         throw InputError(f + ": not a train.py --finetune-from record: " + e.what());
       }

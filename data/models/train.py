@@ -35,8 +35,9 @@ Usage:
   /usr/bin/python3 data/models/train.py --smoke --out /tmp/smoke   # a few steps, tiny model
   /usr/bin/python3 data/models/train.py --finetune-from CONVERTED --steps 100 --lr 1e-3 --out DIR
       # fine-tune an MHA model converted to MLA by chapters/tools' mha_to_mla --save CONVERTED
-  /usr/bin/python3 data/models/train.py --val-excerpt data/models/val_excerpt.txt
-      # write the validation bytes the reported loss scores (so C++ can score them without the corpus)
+  /usr/bin/python3 data/models/train.py --excerpts data/models
+      # write the validation bytes the reported loss scores, and as many training bytes (so C++
+      # can score and calibrate without the corpus)
 """
 
 import argparse
@@ -468,7 +469,8 @@ def read_safetensors(path):
 
 
 def val_excerpt(val, S, max_windows):
-    """The bytes val_bits_per_byte scores: windows of S + 1 bytes, S apart, from the start."""
+    """The bytes val_bits_per_byte scores on stream `val`: windows of S + 1 bytes, S apart, from
+    the start."""
     n = min((len(val) - 1) // S, max_windows)
     return bytes(val[: n * S + 1].numpy().astype(np.uint8))
 
@@ -543,6 +545,7 @@ def finetune(a):
         "kv_lora_rank": conv["kv_lora_rank"], "rope_pairs": conv["rope_pairs"],
         "rope_components": conv["rope_components"] if conv["rope_pairs"] else 0,
         "rope_dim": 2 * conv["rope_units"], "kv_cache_floats_per_token_per_layer": floats,
+        "svd_basis": conv["svd_basis"],
         "steps": steps, "batch": B, "peak_lr": a.lr, "seed": a.seed,
         "tokens_seen": steps * B * S,
         "val_bits_per_byte_before": before, "val_bits_per_byte": after,
@@ -575,13 +578,18 @@ def main():
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 16)")
     ap.add_argument("--finetune-from", type=str, default=None,
                     help="start from this converted MHA->MLA model (mha_to_mla --save) and train")
-    ap.add_argument("--val-excerpt", type=str, default=None,
-                    help="write the validation bytes the reported loss scores to this file, stop")
+    ap.add_argument("--excerpts", type=str, default=None,
+                    help="write into this folder val_excerpt.txt (the validation bytes the "
+                         "reported loss scores) and calib_excerpt.txt (as many training bytes, "
+                         "from the start), then stop")
     a = ap.parse_args()
-    if a.val_excerpt:
-        _, _, val = load_corpus()
-        with open(a.val_excerpt, "wb") as f:
-            f.write(val_excerpt(val, shape_for("mha", False)["context"], 64))
+    if a.excerpts:
+        _, train, val = load_corpus()
+        S = shape_for("mha", False)["context"]
+        with open(os.path.join(a.excerpts, "val_excerpt.txt"), "wb") as f:
+            f.write(val_excerpt(val, S, 64))
+        with open(os.path.join(a.excerpts, "calib_excerpt.txt"), "wb") as f:
+            f.write(val_excerpt(train, S, 64))
         return 0
     if not a.out:
         print("train.py: --out is required", file=sys.stderr)
