@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
   std::string calibration = (fs::path(data_dir()) / "models" / "calib_excerpt.txt").string();
   bool no_calibration = false;
   std::vector<std::size_t> ranks = {8, 16, 32, 64, 128};
-  std::vector<std::string> rope_specs = {"8:8", "5:8", "5:4", "8:1"};
+  std::vector<std::string> rope_specs = {"8:8", "5:8", "4:8", "5:4", "8:1"};
   std::size_t windows = 64, window = 0;
   std::vector<std::string> finetuned;
   app.add_option("--model", model_dir, "The MHA model folder")
@@ -182,7 +182,9 @@ int main(int argc, char** argv) {
     for (const std::string& f : finetuned) {
       const nlohmann::json j = load_json_file(f);
       try {
-        row("fine-tuned", std::to_string(j.at("kv_lora_rank").get<std::size_t>()),
+        const auto& r = j.at("kv_lora_rank");  // null: the MHA model fine-tuned as it is
+        row(r.is_null() ? "fine-tuned mha" : "fine-tuned",
+            r.is_null() ? "-" : std::to_string(r.get<std::size_t>()),
             j.at("rope_pairs").get<std::size_t>(), j.at("rope_components").get<std::size_t>(),
             j.at("rope_dim").get<std::size_t>(),
             j.at("kv_cache_floats_per_token_per_layer").get<std::size_t>(),

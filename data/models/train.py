@@ -476,15 +476,20 @@ def val_excerpt(val, S, max_windows):
 
 
 def finetune(a):
-    """Start from an MHA model converted to MLA (mha_to_mla --save DIR), train a.steps steps with
-    the usual schedule, report the validation loss before and after, export to a.out."""
+    """Start from an MHA model converted to MLA (mha_to_mla --save DIR), or from the MHA model
+    itself (the baseline: as many further steps with the attention unchanged), train a.steps
+    steps with the usual schedule, report the validation loss before and after, export to a.out
+    (model.safetensors, config.json, finetune.json: the record mha_to_mla --finetuned reads)."""
     with open(os.path.join(a.finetune_from, "config.json")) as f:
         hf = json.load(f)
-    if "mha2mla" not in hf:
-        print(f"train.py: {a.finetune_from}/config.json has no 'mha2mla' block: not a model "
-              "converted by mha_to_mla --save", file=sys.stderr)
+    # A converted model has an "mha2mla" block; without one, the folder must be an MHA model of
+    # this script (the baseline: the same further steps with the attention left as it is).
+    conv = hf.get("mha2mla")
+    if conv is None and (hf.get("model_type") != "llama"
+                         or hf.get("num_key_value_heads") != hf.get("num_attention_heads")):
+        print(f"train.py: {a.finetune_from}/config.json is neither a model converted by "
+              "mha_to_mla --save (an 'mha2mla' block) nor an MHA model", file=sys.stderr)
         return 2
-    conv = hf["mha2mla"]
     c = dict(layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
              heads=hf["num_attention_heads"], head_dim=hf["head_dim"],
              intermediate=hf["intermediate_size"], context=hf["max_position_embeddings"],
@@ -494,14 +499,16 @@ def finetune(a):
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(a.seed)
     model = Decoder(c, "mha")
-    for layer in model.model.layers:
-        layer.self_attn = ConvertedAttention(c, conv)
+    if conv is not None:
+        for layer in model.model.layers:
+            layer.self_attn = ConvertedAttention(c, conv)
     model.load_state_dict(read_safetensors(os.path.join(a.finetune_from, "model.safetensors")))
     _, train, val = load_corpus()
     S, B = c["context"], c["batch"]
     before = val_bits_per_byte(model, val, S, 64)
-    print(f"converted (r = {conv['kv_lora_rank']}, d_rope = {2 * conv['rope_units']}): "
-          f"val {before:.4f} bits/byte before fine-tuning", flush=True)
+    what = (f"converted (r = {conv['kv_lora_rank']}, d_rope = {2 * conv['rope_units']})"
+            if conv is not None else "MHA")
+    print(f"{what}: val {before:.4f} bits/byte before fine-tuning", flush=True)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -540,7 +547,11 @@ def finetune(a):
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(hf, f, indent=2)
         f.write("\n")
-    floats = conv["kv_lora_rank"] + 2 * conv["rope_units"]
+    if conv is None:  # MHA: every pair of every head rotated, K and V cached whole
+        conv = {"kv_lora_rank": None, "rope_pairs": c["head_dim"] // 2,
+                "rope_components": c["heads"], "rope_units": 0, "svd_basis": "-"}
+    floats = (conv["kv_lora_rank"] + 2 * conv["rope_units"] if conv["kv_lora_rank"]
+              else cache_floats_per_token(c, "mha"))
     info = {
         "kv_lora_rank": conv["kv_lora_rank"], "rope_pairs": conv["rope_pairs"],
         "rope_components": conv["rope_components"] if conv["rope_pairs"] else 0,
@@ -577,7 +588,8 @@ def main():
     ap.add_argument("--log", type=str, default=None, help="also write the loss log (JSON) here")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default 16)")
     ap.add_argument("--finetune-from", type=str, default=None,
-                    help="start from this converted MHA->MLA model (mha_to_mla --save) and train")
+                    help="start from this converted MHA->MLA model (mha_to_mla --save), or from "
+                         "an MHA model (the baseline), and train --steps more")
     ap.add_argument("--excerpts", type=str, default=None,
                     help="write into this folder val_excerpt.txt (the validation bytes the "
                          "reported loss scores) and calib_excerpt.txt (as many training bytes, "
