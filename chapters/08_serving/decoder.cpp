@@ -48,6 +48,8 @@ Mat output_logits(const Model& m, const Mat& h) {
 HalfRope::HalfRope(std::size_t head_dim, double theta)
     : rope_(ch06::rope_frequencies(head_dim, theta)) {}
 
+HalfRope::HalfRope(std::vector<float> freqs) : rope_(std::move(freqs)) {}
+
 void HalfRope::rotate(float* x, std::size_t count, std::size_t stride, std::size_t pos) const {
   const std::size_t half = dim() / 2;
   std::vector<float> c(half), s(half);
@@ -154,6 +156,10 @@ class GqaSequenceAttention final : public SequenceAttention {
 
 }  // namespace
 
+std::unique_ptr<SequenceAttention> gqa_attention(const GqaWeights& w, const GqaConfig& c) {
+  return std::make_unique<GqaSequenceAttention>(w, c);
+}
+
 std::vector<ch06::MlaPath> mla_paths(int threads) {
   std::vector<ch06::MlaPath> paths = ch06::builtin_paths();
   for (auto& p : ch07::optimized_paths(threads)) paths.push_back(std::move(p));
@@ -171,7 +177,7 @@ Decoder::Decoder(std::shared_ptr<const Model> m, const std::string& path, int th
                                   "'");
     }
     for (const auto& l : m_->weights.layers) {
-      attn_.push_back(std::make_unique<GqaSequenceAttention>(l.gqa, c.gqa));
+      attn_.push_back(gqa_attention(l.gqa, c.gqa));
     }
     return;
   }
@@ -181,6 +187,17 @@ Decoder::Decoder(std::shared_ptr<const Model> m, const std::string& path, int th
   if (it == paths.end()) throw std::invalid_argument("Decoder: no MLA path '" + path + "'");
   for (const auto& l : m_->weights.layers) {
     attn_.push_back(std::make_unique<MlaSequenceAttention>(it->make(c.mla, l.mla, 1)));
+  }
+}
+
+Decoder::Decoder(std::shared_ptr<const Model> m,
+                 std::vector<std::unique_ptr<SequenceAttention>> attn)
+    : m_(std::move(m)), attn_(std::move(attn)) {
+  if (!m_) throw std::invalid_argument("Decoder: no model");
+  if (attn_.size() != m_->weights.layers.size()) {
+    throw std::invalid_argument("Decoder: " + std::to_string(attn_.size()) +
+                                " attention layers for a model of " +
+                                std::to_string(m_->weights.layers.size()));
   }
 }
 

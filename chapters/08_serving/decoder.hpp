@@ -40,6 +40,10 @@ class HalfRope {
  public:
   /// Frequencies for heads of `head_dim` floats (even) and base `theta`.
   HalfRope(std::size_t head_dim, double theta);
+  /// The same layout with any frequencies (radians per position), one per pair: dim() =
+  /// 2·freqs.size(). For rope vectors whose pairs come from several heads' frequency schedules
+  /// (the MLA converted from MHA, mla_from_mha.hpp).
+  explicit HalfRope(std::vector<float> freqs);
   /// Rotate `count` heads of dim() floats, `stride` apart, to position `pos`.
   void rotate(float* x, std::size_t count, std::size_t stride, std::size_t pos) const;
   std::size_t dim() const { return rope_.dim(); }  ///< d_h: floats per head
@@ -65,6 +69,10 @@ class SequenceAttention {
   virtual Mat forward(const Mat& x) = 0;
 };
 
+/// A Llama-style MHA/GQA layer's attention over one sequence with a plain K/V cache: what a
+/// Decoder of an MHA/GQA model runs in each layer.
+std::unique_ptr<SequenceAttention> gqa_attention(const GqaWeights& w, const GqaConfig& c);
+
 /// The MLA paths a Decoder can run: chapter 6's "naive" and "absorbed", chapter 7's "fast"
 /// (fp32 tiles, v5) and "fast_bf16" (bf16 tiles, v6).
 std::vector<ch06::MlaPath> mla_paths(int threads = 1);
@@ -74,6 +82,10 @@ class Decoder {
  public:
   /// `path` names an MLA path (mla_paths()) for an MLA model; a GQA model has one path, "gqa".
   Decoder(std::shared_ptr<const Model> m, const std::string& path = "absorbed", int threads = 1);
+  /// A decoder whose layers attend with `attn` (one per layer, each owning its cache), the rest
+  /// of every layer (norms, MLP, embedding, output) from `m`: for attention in another form than
+  /// the model's own, e.g. the MLA converted from an MHA model (mla_from_mha.hpp).
+  Decoder(std::shared_ptr<const Model> m, std::vector<std::unique_ptr<SequenceAttention>> attn);
   /// The next tokens (prefill: many; decode: one) -> logits (n, V); appends them to the caches.
   /// std::invalid_argument past max_position_embeddings.
   Mat forward(const std::vector<int>& tokens);

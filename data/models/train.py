@@ -33,6 +33,11 @@ golden.json (a prompt, its logits at every position, its greedy continuation).
 Usage:
   /usr/bin/python3 data/models/train.py --variant mla --seed 0 --steps 400 --batch 16 --out data/models/mla
   /usr/bin/python3 data/models/train.py --smoke --out /tmp/smoke   # a few steps, tiny model
+  /usr/bin/python3 data/models/train.py --finetune-from CONVERTED --steps 100 --lr 1e-3 --out DIR
+      # fine-tune an MHA model converted to MLA by chapters/tools' mha_to_mla --save CONVERTED
+  /usr/bin/python3 data/models/train.py --excerpts data/models
+      # write the validation bytes the reported loss scores, and as many training bytes (so C++
+      # can score and calibrate without the corpus)
 """
 
 import argparse
@@ -223,6 +228,43 @@ class MlaAttention(nn.Module):
         return self.o_proj(causal_attention(q, k, v, 1.0 / math.sqrt(dn + dr)))
 
 
+class ConvertedAttention(nn.Module):
+    """An MHA layer converted to MLA by chapters/tools' mha_to_mla (chapter 4's algebra,
+    chapters/04_low_rank_latents/mha_to_mla.hpp), in the same tensors: per head the no-RoPE query
+    q_proj (MHA's) against keys k_up_proj(c) rebuilt from the latent c = kv_a_proj(x) (r), plus a
+    rope query q_rope_proj against ONE rope key k_rope_proj(x) shared by all heads (d_r floats,
+    rotate_half layout, unit u rotated with its own frequency); values v_up_proj(c); the MHA
+    model's scale 1/sqrt(d_h). No kv_a_layernorm: the conversion is linear."""
+
+    def __init__(self, c, conv):
+        super().__init__()
+        D, H, d = c["d_model"], c["heads"], c["head_dim"]
+        self.H, self.d, r, units = H, d, conv["kv_lora_rank"], conv["rope_units"]
+        self.dr = 2 * units
+        self.q_proj = nn.Linear(D, H * d, bias=False)
+        self.q_rope_proj = nn.Linear(D, H * self.dr, bias=False)
+        self.kv_a_proj = nn.Linear(D, r, bias=False)
+        self.k_rope_proj = nn.Linear(D, self.dr, bias=False)
+        self.k_up_proj = nn.Linear(r, H * d, bias=False)
+        self.v_up_proj = nn.Linear(r, H * d, bias=False)
+        self.o_proj = nn.Linear(H * d, D, bias=False)
+        self.register_buffer("freqs", torch.tensor(conv["rope_unit_frequencies"],
+                                                   dtype=torch.float32).reshape(units), persistent=False)
+
+    def forward(self, x):
+        B, S, _ = x.shape
+        H, d, dr = self.H, self.d, self.dr
+        a = torch.outer(torch.arange(S, dtype=torch.float32), self.freqs)  # (S, units)
+        cos, sin = torch.cos(a), torch.sin(a)
+        qr = rope_half(self.q_rope_proj(x).view(B, S, H, dr), cos, sin)
+        kr = rope_half(self.k_rope_proj(x).view(B, S, 1, dr), cos, sin)
+        c = self.kv_a_proj(x)  # (B, S, r): what the cache holds, with kr
+        q = torch.cat([self.q_proj(x).view(B, S, H, d), qr], dim=-1)
+        k = torch.cat([self.k_up_proj(c).view(B, S, H, d), kr.expand(B, S, H, dr)], dim=-1)
+        v = self.v_up_proj(c).view(B, S, H, d)
+        return self.o_proj(causal_attention(q, k, v, 1.0 / math.sqrt(d)))
+
+
 class Block(nn.Module):
     def __init__(self, c, variant):
         super().__init__()
@@ -407,6 +449,129 @@ def drop_log(argv):
     return out
 
 
+def read_safetensors(path):
+    """{name: torch.float32 tensor} of an F32 safetensors file (the format write_safetensors
+    writes)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8: 8 + n])
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        if h["dtype"] != "F32":
+            raise ValueError(f"{path}: tensor {name} is {h['dtype']}, expected F32")
+        b, e = h["data_offsets"]
+        a = np.frombuffer(raw[8 + n + b: 8 + n + e], dtype="<f4").reshape(h["shape"])
+        out[name] = torch.from_numpy(a.copy())
+    return out
+
+
+def val_excerpt(val, S, max_windows):
+    """The bytes val_bits_per_byte scores on stream `val`: windows of S + 1 bytes, S apart, from
+    the start."""
+    n = min((len(val) - 1) // S, max_windows)
+    return bytes(val[: n * S + 1].numpy().astype(np.uint8))
+
+
+def finetune(a):
+    """Start from an MHA model converted to MLA (mha_to_mla --save DIR), or from the MHA model
+    itself (the baseline: as many further steps with the attention unchanged), train a.steps
+    steps with the usual schedule, report the validation loss before and after, export to a.out
+    (model.safetensors, config.json, finetune.json: the record mha_to_mla --finetuned reads)."""
+    with open(os.path.join(a.finetune_from, "config.json")) as f:
+        hf = json.load(f)
+    # A converted model has an "mha2mla" block; without one, the folder must be an MHA model of
+    # this script (the baseline: the same further steps with the attention left as it is).
+    conv = hf.get("mha2mla")
+    if conv is None and (hf.get("model_type") != "llama"
+                         or hf.get("num_key_value_heads") != hf.get("num_attention_heads")):
+        print(f"train.py: {a.finetune_from}/config.json is neither a model converted by "
+              "mha_to_mla --save (an 'mha2mla' block) nor an MHA model", file=sys.stderr)
+        return 2
+    c = dict(layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
+             heads=hf["num_attention_heads"], head_dim=hf["head_dim"],
+             intermediate=hf["intermediate_size"], context=hf["max_position_embeddings"],
+             batch=a.batch or 16, kv_heads=hf["num_key_value_heads"], eps=hf["rms_norm_eps"],
+             rope_theta=hf["rope_theta"])
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(a.seed)
+    model = Decoder(c, "mha")
+    if conv is not None:
+        for layer in model.model.layers:
+            layer.self_attn = ConvertedAttention(c, conv)
+    model.load_state_dict(read_safetensors(os.path.join(a.finetune_from, "model.safetensors")))
+    _, train, val = load_corpus()
+    S, B = c["context"], c["batch"]
+    before = val_bits_per_byte(model, val, S, 64)
+    what = (f"converted (r = {conv['kv_lora_rank']}, d_rope = {2 * conv['rope_units']})"
+            if conv is not None else "MHA")
+    print(f"{what}: val {before:.4f} bits/byte before fine-tuning", flush=True)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95))
+    steps, warmup = a.steps, max(1, a.steps // 20)
+
+    def lr_at(s):  # as main(): linear warm-up, then cosine to 10 % of the peak
+        if s < warmup:
+            return a.lr * (s + 1) / warmup
+        t = (s - warmup) / max(1, steps - warmup)
+        return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    # Batches the pre-training did not draw in this order (another seed of the same generator).
+    gen = torch.Generator().manual_seed(1000 + a.seed)
+    t0, c0 = time.time(), time.process_time()
+    for s in range(steps):
+        for g_ in opt.param_groups:
+            g_["lr"] = lr_at(s)
+        x, y = batch(train, B, S, gen)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if not math.isfinite(loss.item()):
+            print(f"step {s}: loss is not finite", file=sys.stderr)
+            return 1
+        if s % 25 == 0 or s == steps - 1:
+            print(f"step {s:5d}  train {loss.item() / math.log(2):.4f} bits/byte  "
+                  f"lr {lr_at(s):.2e}", flush=True)
+    after = val_bits_per_byte(model, val, S, 64)
+    os.makedirs(a.out, exist_ok=True)
+    tensors = [(n, p.detach().numpy().astype(np.float32)) for n, p in model.named_parameters()]
+    write_safetensors(os.path.join(a.out, "model.safetensors"), tensors, {"format": "pt"})
+    with open(os.path.join(a.out, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+        f.write("\n")
+    if conv is None:  # MHA: every pair of every head rotated, K and V cached whole
+        conv = {"kv_lora_rank": None, "rope_pairs": c["head_dim"] // 2,
+                "rope_components": c["heads"], "rope_units": 0, "svd_basis": "-"}
+    floats = (conv["kv_lora_rank"] + 2 * conv["rope_units"] if conv["kv_lora_rank"]
+              else cache_floats_per_token(c, "mha"))
+    info = {
+        "kv_lora_rank": conv["kv_lora_rank"], "rope_pairs": conv["rope_pairs"],
+        "rope_components": conv["rope_components"] if conv["rope_pairs"] else 0,
+        "rope_dim": 2 * conv["rope_units"], "kv_cache_floats_per_token_per_layer": floats,
+        "svd_basis": conv["svd_basis"],
+        "steps": steps, "batch": B, "peak_lr": a.lr, "seed": a.seed,
+        "tokens_seen": steps * B * S,
+        "val_bits_per_byte_before": before, "val_bits_per_byte": after,
+        "wall_seconds": round(time.time() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1), "torch": torch.__version__,
+        "command": " ".join(["data/models/train.py"] + drop_log(sys.argv[1:])),
+    }
+    with open(os.path.join(a.out, "finetune.json"), "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+    print(f"val {before:.4f} -> {after:.4f} bits/byte after {steps} steps "
+          f"({info['cpu_seconds']} s CPU)", flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +582,7 @@ def main():
     ap.add_argument("--variant", choices=VARIANTS, default="mla")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default 400, smoke 30)")
-    ap.add_argument("--out", help="folder to export the model into (required unless --init-kv)")
+    ap.add_argument("--out", help="folder to export the model into (required unless --init-kv or --excerpts)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps (a CI check)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     ap.add_argument("--log", type=str, default=None, help="also write the loss log (JSON) here")
@@ -426,9 +591,30 @@ def main():
                     help="write the key/value projections at initialization (the draws this "
                          "seed's training starts from) to FILE (safetensors) and stop; "
                          "mha/gqa/mqa only (chapter 4 compares their spectrum with the trained one)")
+    ap.add_argument("--finetune-from", type=str, default=None,
+                    help="start from this converted MHA->MLA model (mha_to_mla --save), or from "
+                         "an MHA model (the baseline), and train --steps more")
+    ap.add_argument("--excerpts", type=str, default=None,
+                    help="write into this folder val_excerpt.txt (the validation bytes the "
+                         "reported loss scores) and calib_excerpt.txt (as many training bytes, "
+                         "from the start), then stop")
     a = ap.parse_args()
+    if a.excerpts:
+        _, train, val = load_corpus()
+        S = shape_for("mha", False)["context"]
+        with open(os.path.join(a.excerpts, "val_excerpt.txt"), "wb") as f:
+            f.write(val_excerpt(val, S, 64))
+        with open(os.path.join(a.excerpts, "calib_excerpt.txt"), "wb") as f:
+            f.write(val_excerpt(train, S, 64))
+        return 0
     if not a.out and not a.init_kv:
-        ap.error("--out is required")
+        print("train.py: --out is required", file=sys.stderr)
+        return 2
+    if a.finetune_from:
+        if a.steps is None or a.steps < 1:
+            print("train.py: --finetune-from needs --steps N >= 1", file=sys.stderr)
+            return 2
+        return finetune(a)
     steps = a.steps if a.steps is not None else (30 if a.smoke else 400)
     if steps < 1:
         print(f"train.py: --steps {steps} must be >= 1", file=sys.stderr)
