@@ -583,7 +583,7 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
 #include "07_optimized_mla/optimized_mla.hpp"
 #include "mla/bench.hpp"
 
-TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound (one run)",
+TEST_CASE("v7 (FP8 cache) beats v6 (bf16) where the step is memory-bound (one run)",
           "[ch07][fp8][speed]") {
 #ifdef MLA_SANITIZE
   // Instrumentation slows the two kernels by different factors: the release build asserts it.
@@ -591,20 +591,24 @@ TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound
 #endif
   using namespace mla::ch07;
   // One head, 65,536 tokens: 43 MB of FP8 rows against 75 MB of bf16 ones, ~3 FLOP per byte
-  // read, far below the machine balance (~15 FLOP/byte here): the bytes should set the time, and
-  // the FP8 cache reads 656/1152 = 0.57 of them. The goal (issue 12) is 1.5x; the fused per-head
-  // path in lanes measures 1.16x on one pinned core of a quiet 2-core AVX-512 EPYC (1.2-1.3x on
-  // two), so what this asserts is a floor with a wide margin, not the goal.
-  // One thread: on a shared machine a second thread may not get a core.
+  // read, far below the machine balance (~6-15 FLOP/byte): the bytes should set the time, and the
+  // FP8 cache reads 656/1152 = 0.57 of them (1.76x at best). The goal (issue 12) is 1.5x; on a
+  // Zen 4 core (AVX-512 in two 256-bit halves) v7's per-head path computes 45 ns per token
+  // against v6's 41, so one core is bound by v7's compute, not by its bytes, and the ratio
+  // comes out at 1.2-1.5x (more while neighbours load the memory bus; the README's "Measured
+  // numbers"). What this asserts is that FP8 beats bf16 here, with a margin, not the goal.
+  // One thread, timed in the thread's CPU time: on a shared machine a second thread may not get
+  // a core, and wall time counts the waits for one (it swung from 0.9x to 7x under a parallel
+  // build; the CPU-time ratio did not).
   mla::ch07::MlaProblem p;
   p.batch = 1;
   p.heads = 1;
   p.context = 65536;
   const MlaInputs in = MlaInputs::random(p, 29);
   std::vector<float> a(p.heads * p.d_c), b(a.size());
-  const double ratio =
-      mla::speedup([&] { mla_decode_v6(in.seqs_bf16.data(), in.args(a.data(), 1)); },
-                   [&] { mla_decode_v7(in.seqs_fp8.data(), in.args(b.data(), 1)); }, 9);
-  INFO("v7 (fp8) is " << ratio << "x v6 (bf16) at H = 1, T = 65536, 1 thread");
-  CHECK(ratio >= 0.75);
+  const double ratio = mla::speedup(
+      [&] { mla_decode_v6(in.seqs_bf16.data(), in.args(a.data(), 1)); },
+      [&] { mla_decode_v7(in.seqs_fp8.data(), in.args(b.data(), 1)); }, 9, mla::thread_cpu_seconds);
+  INFO("v7 (fp8) is " << ratio << "x v6 (bf16) at H = 1, T = 65536, 1 thread, CPU time");
+  CHECK(ratio >= 1.0);
 }
