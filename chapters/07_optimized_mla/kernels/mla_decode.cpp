@@ -1254,11 +1254,14 @@ inline void lane_scores(const Fp8Rows& f, std::size_t t, const float* q, const f
   for (int i = 0; i < R; ++i) s[t + i] = _mm512_reduce_add_ps(tot[i]);
 }
 
-// acc' (lat, lane order) = alpha·acc' + Σ_t w_tj · x_t over the block's rows, C 64-code chunks
-// (4C accumulators in registers) from column c0. w: (nt, lat / tile) the rows' weights.
+// acc' (lat, lane order) = alpha·acc' + Σ_t w_tj · x_t over the tile's rows, C 64-code chunks
+// (4C accumulators in registers) from column c0, with w_tj = p_t · scale_tj: p (nt) the rows'
+// softmax weights times 2^88 (so w_tj is exact, a power of two times p_t). Computed here, one
+// multiply per row and chunk: a table of the w_tj, filled by a scalar loop over rows and scale
+// tiles, cost 3 of 45 ns per token.
 template <int C>
-inline void lane_update_chunks(const Fp8Rows& f, std::size_t c0, const float* w,
-                               std::size_t n_scales, __m512 alpha, float* acc) {
+inline void lane_update_chunks(const Fp8Rows& f, std::size_t c0, const float* p, __m512 alpha,
+                               float* acc) {
   __m512 o[4 * C];
   for (int v = 0; v < 4 * C; ++v) o[v] = _mm512_mul_ps(_mm512_load_ps(acc + c0 + 16 * v), alpha);
   for (std::size_t t = 0; t < f.nt; ++t) {
@@ -1268,7 +1271,7 @@ inline void lane_update_chunks(const Fp8Rows& f, std::size_t c0, const float* w,
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
       const std::size_t k = c0 + 64 * static_cast<std::size_t>(c);
-      const __m512 wt = _mm512_set1_ps(w[t * n_scales + k / f.tile]);
+      const __m512 wt = _mm512_set1_ps(p[t] * f.raw_scale(t, k / f.tile));
       __m512 x[4];
       widen_e4m3_lanes(r + k, x);
 #pragma GCC unroll 4
@@ -1283,16 +1286,15 @@ constexpr int kLaneChunks = 2;
 bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it) {
   const std::size_t lat = cache.lat_stride(), stride = cache.stride();
-  const std::size_t nh = it.nh, tile = cache.fp8_tile(), n_scales = (lat + tile - 1) / tile;
+  const std::size_t nh = it.nh, tile = cache.fp8_tile();
   if (lat % 64 != 0 || tile % 64 != 0 || !(cache.fp8_scale_max() <= 0x1p39f)) return false;
   PerHeadScratch& ws = per_head_scratch();
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
   grow(ws.s, kTile);
-  // packed: (stride) one head's query as pack_query_row gives it; weights: (kTileTokens, n_scales).
-  static thread_local AlignedVec packed, weights;
+  // packed: (stride) one head's query as pack_query_row gives it.
+  static thread_local AlignedVec packed;
   grow(packed, stride);
-  grow(weights, kTile * n_scales);
   // Queries: [2^64 q_lat in lane order | q_rope], each head's; decline if 2^64 q could overflow.
   for (std::size_t hh = 0; hh < nh; ++hh) {
     const std::size_t h = it.h0 + hh;
@@ -1329,15 +1331,15 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
       float m = kNegInf;
       for (t = 0; t < f.nt; ++t) m = std::max(m, s[t]);
       const __m512 alpha = _mm512_set1_ps(sm[hh].step(s, f.nt, round_up(f.nt, W), m));
-      for (t = 0; t < f.nt; ++t) {
-        for (std::size_t j = 0; j < n_scales; ++j)
-          weights[t * n_scales + j] = s[t] * f.raw_scale(t, j) * kLaneWeight;
+      // p_t · 2^88 in place (step padded s to a multiple of 16 with zeros).
+      for (t = 0; t < f.nt; t += 16) {
+        _mm512_store_ps(s + t, _mm512_mul_ps(_mm512_load_ps(s + t), _mm512_set1_ps(kLaneWeight)));
       }
       float* acc = ws.acc.data() + hh * lat;
       std::size_t c0 = 0;
       for (; c0 + 64 * kLaneChunks <= lat; c0 += 64 * kLaneChunks)
-        lane_update_chunks<kLaneChunks>(f, c0, weights.data(), n_scales, alpha, acc);
-      for (; c0 < lat; c0 += 64) lane_update_chunks<1>(f, c0, weights.data(), n_scales, alpha, acc);
+        lane_update_chunks<kLaneChunks>(f, c0, s, alpha, acc);
+      for (; c0 < lat; c0 += 64) lane_update_chunks<1>(f, c0, s, alpha, acc);
     }
   }
   // Back in column order, times 2^32, in the layout of partial_of.
