@@ -1185,7 +1185,7 @@ void head_update(const Fp8Rows& f, std::size_t lat, float* s, float rows_max, He
 // 51 ns per token (one Zen 4 core, cache in L3). The next tile is prefetched into L2 during the
 // scores, a tile ahead: with 8 rows (5 KiB) ahead, as before, the kernel ran at the bf16
 // kernel's speed on one core at H = 1, T = 65536 (0.9-1.0x, where one core reads ~15 GB/s,
-// bound by the misses it has in flight); a tile ahead, 1.5-1.7x (best runs).
+// bound by the misses it has in flight); a tile ahead, 1.5-1.9x (in CPU time, under load).
 #if defined(__AVX512F__)
 
 // 64 codes at p as 4 vectors (vector b, lane i = code 4i + b), each 2^-120 times its value. The
