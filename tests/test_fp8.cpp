@@ -483,28 +483,72 @@ TEST_CASE("the FP8 golden case: real FP8 weights, and a loader ignoring the scal
   CHECK(*hi / *lo > 100.0f);
 }
 
-TEST_CASE("FP8 weights in a sharded checkpoint: a scale in another shard than its weight",
+TEST_CASE("FP8 weights of layer N (--layer) beside another layer, single file and sharded",
           "[loaders][fp8]") {
+  // The golden case's layer 0 moved to layer 3 (what mla_verify --layer 3 reads), beside a
+  // decoy layer 0 whose scales are all doubled: reading the wrong layer, or a weight without its
+  // own scale, fails the case. Sharded: every weight in one shard, every scale and test tensor in
+  // the other (a scale in another shard than its weight, as the release has them).
   const auto single = mla::SafeTensors::open(kFp8Case + ".safetensors");
-  mla::test::TempDir dir;
-  // Every weight in one shard, every scale and test tensor in the other.
-  std::vector<TensorData> part[2];
-  nlohmann::json map = nlohmann::json::object();
-  const std::string shard[2] = {"model-00001-of-00002.safetensors",
-                                "model-00002-of-00002.safetensors"};
-  for (const std::string& n : single.names()) {
-    const int k = n.size() > 6 && n.compare(n.size() - 7, 7, ".weight") == 0 ? 0 : 1;
-    std::vector<float> values(single.info(n).numel());
-    single.load_into(n, values.data());  // FP8: the codes' values, which re-encode exactly
-    part[k].push_back({n, single.info(n).dtype, single.info(n).shape, values});
-    map[n] = shard[k];
-  }
-  for (int k = 0; k < 2; ++k) mla::write_safetensors(dir / shard[k], part[k]);
-  std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"weight_map", map}}.dump();
-  const auto c = mla::ch06::load_golden_case(kFp8Case + ".config.json", dir.path.string());
-  for (const auto& r : mla::ch06::verify_case(c, mla::ch06::builtin_paths(), 1e-4)) {
-    INFO(r.path << " " << r.phase << ": " << r.cmp.describe());
-    CHECK(r.pass);
+  nlohmann::json cfg;
+  std::ifstream(kFp8Case + ".config.json") >> cfg;
+  cfg["num_hidden_layers"] = 4;
+  const std::string l0 = "model.layers.0.";
+  const auto ends_with = [](const std::string& n, const std::string& tail) {
+    return n.size() >= tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  for (const bool sharded : {false, true}) {
+    INFO((sharded ? "sharded" : "single file"));
+    mla::test::TempDir dir;
+    const std::string config = dir / "config.json";
+    std::ofstream(config) << cfg.dump();
+    std::vector<TensorData> part[2];
+    nlohmann::json map = nlohmann::json::object();
+    const std::string shard[2] = {"model-00001-of-00002.safetensors",
+                                  "model-00002-of-00002.safetensors"};
+    const auto add = [&](TensorData t) {
+      const int k = sharded && !ends_with(t.name, ".weight") ? 1 : 0;
+      map[t.name] = shard[k];
+      part[k].push_back(std::move(t));
+    };
+    for (const std::string& n : single.names()) {
+      std::vector<float> values(single.info(n).numel());
+      single.load_into(n, values.data());  // FP8: the codes' values, which re-encode exactly
+      TensorData t{n, single.info(n).dtype, single.info(n).shape, values};
+      if (n.compare(0, l0.size(), l0) != 0) {  // a test tensor
+        add(std::move(t));
+        continue;
+      }
+      TensorData decoy = t;
+      if (ends_with(n, "_scale_inv"))
+        for (float& v : decoy.values) v *= 2.0f;
+      add(std::move(decoy));
+      t.name = "model.layers.3." + n.substr(l0.size());
+      add(std::move(t));
+    }
+    std::string weights = dir / "model.safetensors";
+    if (sharded) {
+      for (int k = 0; k < 2; ++k) mla::write_safetensors(dir / shard[k], part[k]);
+      std::ofstream(dir / "model.safetensors.index.json")
+          << nlohmann::json{{"weight_map", map}}.dump();
+      weights = dir.path.string();
+    } else {
+      mla::write_safetensors(weights, part[0]);
+    }
+    const auto c = mla::ch06::load_golden_case(config, weights, 3);
+    CHECK(c.layer == 3);
+    for (const auto& r : mla::ch06::verify_case(c, mla::ch06::builtin_paths(), 1e-4)) {
+      INFO(r.path << " " << r.phase << ": " << r.cmp.describe());
+      CHECK(r.pass);
+    }
+    // The decoy is a valid layer that does not match: read on purpose, it fails.
+    bool any_fails = false;
+    for (const auto& r : mla::ch06::verify_case(mla::ch06::load_golden_case(config, weights, 0),
+                                                mla::ch06::builtin_paths(), 1e-4))
+      any_fails = any_fails || !r.pass;
+    CHECK(any_fails);
+    // Without a layer the file's two are ambiguous (mla_verify exits 2).
+    CHECK_THROWS_AS(mla::ch06::load_golden_case(config, weights), mla::InputError);
   }
 }
 
@@ -583,7 +627,7 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
 #include "07_optimized_mla/optimized_mla.hpp"
 #include "mla/bench.hpp"
 
-TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound (one run)",
+TEST_CASE("v7 (FP8 cache) beats v6 (bf16) where the step is memory-bound (one run)",
           "[ch07][fp8][speed]") {
 #ifdef MLA_SANITIZE
   // Instrumentation slows the two kernels by different factors: the release build asserts it.
@@ -591,20 +635,24 @@ TEST_CASE("v7 (FP8 cache) keeps up with v6 (bf16) where the step is memory-bound
 #endif
   using namespace mla::ch07;
   // One head, 65,536 tokens: 43 MB of FP8 rows against 75 MB of bf16 ones, ~3 FLOP per byte
-  // read, far below the machine balance (~15 FLOP/byte here): the bytes should set the time, and
-  // the FP8 cache reads 656/1152 = 0.57 of them. The goal (issue 12) is 1.5x; the fused per-head
-  // path in lanes measures 1.16x on one pinned core of a quiet 2-core AVX-512 EPYC (1.2-1.3x on
-  // two), so what this asserts is a floor with a wide margin, not the goal.
-  // One thread: on a shared machine a second thread may not get a core.
+  // read, far below the machine balance (~6-15 FLOP/byte): the bytes should set the time, and the
+  // FP8 cache reads 656/1152 = 0.57 of them (1.76x at best). The goal (issue 12) is 1.5x; on a
+  // Zen 4 core (AVX-512 in two 256-bit halves) v7's per-head path computes 42.5 ns per token
+  // against v6's 41, so one core is bound by v7's compute, not by its bytes: ~1.4x expected on a
+  // quiet one, 1.46-1.92x measured while a parallel build loaded the machine and its memory bus
+  // (the README's v7 section). What this asserts is that FP8 beats bf16 here, with a margin, not
+  // the goal. One thread, timed in the thread's CPU time: on a shared machine a second thread may
+  // not get a core, and wall time counts the waits for one (under a parallel build wall-time ratios
+  // swung from 0.9x to 7x, CPU-time ones stayed within 1.2-1.9x).
   mla::ch07::MlaProblem p;
   p.batch = 1;
   p.heads = 1;
   p.context = 65536;
   const MlaInputs in = MlaInputs::random(p, 29);
   std::vector<float> a(p.heads * p.d_c), b(a.size());
-  const double ratio =
-      mla::speedup([&] { mla_decode_v6(in.seqs_bf16.data(), in.args(a.data(), 1)); },
-                   [&] { mla_decode_v7(in.seqs_fp8.data(), in.args(b.data(), 1)); }, 9);
-  INFO("v7 (fp8) is " << ratio << "x v6 (bf16) at H = 1, T = 65536, 1 thread");
-  CHECK(ratio >= 0.75);
+  const double ratio = mla::speedup(
+      [&] { mla_decode_v6(in.seqs_bf16.data(), in.args(a.data(), 1)); },
+      [&] { mla_decode_v7(in.seqs_fp8.data(), in.args(b.data(), 1)); }, 9, mla::thread_cpu_seconds);
+  INFO("v7 (fp8) is " << ratio << "x v6 (bf16) at H = 1, T = 65536, 1 thread, CPU time");
+  CHECK(ratio >= 1.0);
 }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <ctime>
 #include <vector>
 
 namespace mla {
@@ -18,6 +19,16 @@ namespace mla {
 /// Seconds since an arbitrary epoch (steady clock).
 inline double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// CPU seconds the calling thread has run (POSIX CLOCK_THREAD_CPUTIME_ID). Unlike now_seconds it
+/// does not advance while the thread waits for a core, so on a machine crowded with other jobs
+/// it times single-threaded work without the scheduler's share (a neighbour can still slow the
+/// work itself, through the caches and the memory bus).
+inline double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 /// Keeps a value alive so the optimizer cannot delete the work that produced it.
@@ -58,19 +69,20 @@ Timing time_it(F&& fn, std::size_t runs = 5, std::size_t warmup = 1, double min_
 }
 
 /// Speed ratio `slow / fast` of two pieces of work timed alternately in the same run, so that a
-/// noisy neighbour slows both alike. Returns median(slow) / median(fast).
+/// noisy neighbour slows both alike. Returns median(slow) / median(fast). clock: now_seconds, or
+/// thread_cpu_seconds for work that runs on the calling thread alone.
 template <class Slow, class Fast>
-double speedup(Slow&& slow, Fast&& fast, std::size_t runs = 5) {
+double speedup(Slow&& slow, Fast&& fast, std::size_t runs = 5, double (*clock)() = now_seconds) {
   std::vector<double> a, b;
   slow();  // warm-up both
   fast();
   for (std::size_t i = 0; i < runs; ++i) {
-    double t0 = now_seconds();
+    double t0 = clock();
     slow();
-    a.push_back(now_seconds() - t0);
-    t0 = now_seconds();
+    a.push_back(clock() - t0);
+    t0 = clock();
     fast();
-    b.push_back(now_seconds() - t0);
+    b.push_back(clock() - t0);
   }
   std::sort(a.begin(), a.end());
   std::sort(b.begin(), b.end());
