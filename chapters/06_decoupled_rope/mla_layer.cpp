@@ -163,8 +163,8 @@ Mat absorbed_attention(const MlaLayer& layer, const ch04::KvUp& up,
                        const Mat& c_kv, const Mat& k_rope, std::size_t S, std::size_t start) {
   const MlaConfig& cfg = layer.config();
   const std::size_t N = q.shape(0), H = cfg.num_attention_heads, d_nope = cfg.qk_nope_head_dim,
-                    d_rope = cfg.qk_rope_head_dim, d_qk = cfg.qk_head_dim(),
-                    d_v = cfg.v_head_dim, d_c = cfg.kv_lora_rank;
+                    d_rope = cfg.qk_rope_head_dim, d_qk = cfg.qk_head_dim(), d_v = cfg.v_head_dim,
+                    d_c = cfg.kv_lora_rank;
   // Split each head's query: q_nope (N·H, d_nope) goes through W_UK, q_rope (N·H, d_rope) does
   // not (it was rotated, and R_t cannot be folded into any weight).
   Mat q_nope = xt::empty<float>({N * H, d_nope});

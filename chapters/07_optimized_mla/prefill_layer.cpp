@@ -20,8 +20,8 @@ int resolve_threads(int threads) {
 
 }  // namespace
 
-PrefillLatentAttention::PrefillLatentAttention(std::size_t heads, std::size_t d_c,
-                                               std::size_t d_r, int threads)
+PrefillLatentAttention::PrefillLatentAttention(std::size_t heads, std::size_t d_c, std::size_t d_r,
+                                               int threads)
     : heads_(heads), threads_(resolve_threads(threads)), cache_(d_c, d_r) {
   if (heads == 0) throw std::invalid_argument("PrefillLatentAttention: heads must be > 0");
 }
@@ -100,8 +100,8 @@ Mat PrefillMla::attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::si
     cores_[b]->append(c_kv.data() + b * S * d_c_, k_rope.data() + b * S * d_rope_, S);
     const auto& core = static_cast<const PrefillLatentAttention&>(*cores_[b]);
     decompress_kv(core.cache(), start + S, packed_, threads_, kv_);
-    mha_prefill(kv_, q.data() + b * S * H_ * d_qk_, S, start, scale_,
-                o.data() + b * S * H_ * d_v_, threads_);
+    mha_prefill(kv_, q.data() + b * S * H_ * d_qk_, S, start, scale_, o.data() + b * S * H_ * d_v_,
+                threads_);
   }
   return o;
 }
@@ -113,8 +113,7 @@ std::vector<ch06::MlaPath> prefill_paths(int threads, std::ostream* log) {
     p.description = what;
     p.make = [threads, log, policy](const MlaConfig& cfg, std::shared_ptr<const ch06::MlaWeights> w,
                                     std::size_t batch) -> std::unique_ptr<ch06::MlaLayer> {
-      return std::make_unique<PrefillMla>(cfg, std::move(w), batch, policy, threads,
-                                          std::nullopt,
+      return std::make_unique<PrefillMla>(cfg, std::move(w), batch, policy, threads, std::nullopt,
                                           policy == PrefillPolicy::Auto ? log : nullptr);
     };
     return p;

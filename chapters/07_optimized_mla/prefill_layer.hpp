@@ -84,10 +84,10 @@ class PrefillMla final : public ch06::MlaLayer {
   int threads_;
   std::optional<PrefillRates> rates_;
   std::ostream* log_;
-  ch04::KvUp up_;                                             // W_uk, W_uv for MQA mode
-  PackedKvUp packed_;                                         // kv_b_proj for MHA mode
+  ch04::KvUp up_;                                              // W_uk, W_uv for MQA mode
+  PackedKvUp packed_;                                          // kv_b_proj for MHA mode
   std::vector<std::unique_ptr<ch06::LatentAttention>> cores_;  // PrefillLatentAttention
-  MhaKv kv_;                                                  // MHA mode's keys and values
+  MhaKv kv_;                                                   // MHA mode's keys and values
   std::vector<PrefillRecord> records_;
 };
 

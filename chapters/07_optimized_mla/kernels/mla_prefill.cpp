@@ -78,8 +78,8 @@ inline void rows_times_panel(const float* a, std::size_t lda, const float* panel
 // ot (R, G) = alpha · ot + Σ_t v[t][0..R) ⊗ p[t] over nt rows: R value columns (row stride
 // ldv between tokens) × two vectors of query lanes. ot: (R, G) aligned, p: (nt, G) aligned.
 template <int R>
-inline void panel_update(float* ot, const float* p, const float* v, std::size_t ldv,
-                         std::size_t nt, V al0, V al1) {
+inline void panel_update(float* ot, const float* p, const float* v, std::size_t ldv, std::size_t nt,
+                         V al0, V al1) {
   V acc0[R], acc1[R];
   for (int r = 0; r < R; ++r) {
     acc0[r] = V::load_aligned(ot + r * G) * al0;
@@ -127,16 +127,16 @@ struct QueryPart {
 
 // A causal attention of `rows` query rows against shared key tiles (what both modes are).
 struct FlashProblem {
-  std::size_t rows = 0;         // query rows
-  std::size_t d_k = 0;          // numbers of a key row the scores read (padding included)
-  std::size_t d_v = 0;          // value width
-  std::size_t ldk = 0;          // floats from one key row to the next within a tile
-  std::size_t v_off = 0;        // a key row's value starts at row + v_off
-  QueryPart part[2] = {};       // the query, in two parts
-  float scale = 1.0f;           // softmax scale, folded into the packed queries
-  std::size_t pos0 = 0;         // row r sits at position pos0 + r / rows_per_pos and sees the
-  std::size_t rows_per_pos = 1; // keys 0 .. that position
-  float* out = nullptr;         // row r's output (d_v) at out + r·out_stride
+  std::size_t rows = 0;          // query rows
+  std::size_t d_k = 0;           // numbers of a key row the scores read (padding included)
+  std::size_t d_v = 0;           // value width
+  std::size_t ldk = 0;           // floats from one key row to the next within a tile
+  std::size_t v_off = 0;         // a key row's value starts at row + v_off
+  QueryPart part[2] = {};        // the query, in two parts
+  float scale = 1.0f;            // softmax scale, folded into the packed queries
+  std::size_t pos0 = 0;          // row r sits at position pos0 + r / rows_per_pos and sees the
+  std::size_t rows_per_pos = 1;  // keys 0 .. that position
+  float* out = nullptr;          // row r's output (d_v) at out + r·out_stride
   std::size_t out_stride = 0;
 };
 
@@ -363,7 +363,8 @@ void mha_prefill(const MhaKv& kv, const float* q, std::size_t S, std::size_t sta
     fp.out_stride = H * d.d_v;
     const float* kh = kv.head(h);
     const std::size_t ld = kv.ld();
-    flash_rows(fp, [&](std::size_t i) { return kh + i * kKeyTile * ld; }, b * G);
+    flash_rows(
+        fp, [&](std::size_t i) { return kh + i * kKeyTile * ld; }, b * G);
   });
 }
 
@@ -445,8 +446,8 @@ void mqa_prefill(const LatentCache& cache, std::size_t heads, const float* q_lat
   fp.out_stride = cache.d_c();
   const std::size_t blocks = (fp.rows + G - 1) / G;
   parallel_for(static_cast<long>(blocks), threads, [&](long b) {
-    flash_rows(fp, [&](std::size_t i) { return cache.tile_f32(i); },
-               static_cast<std::size_t>(b) * G);
+    flash_rows(
+        fp, [&](std::size_t i) { return cache.tile_f32(i); }, static_cast<std::size_t>(b) * G);
   });
 }
 
@@ -523,7 +524,8 @@ PrefillRates calibrated_prefill_rates(const PrefillDims& d, int threads) {
     return b;
   };
   PrefillRates r;
-  r.decompress = decompress_flops(d, N) / 1e9 / best([&] { decompress_kv(cache, N, w, threads, kv); });
+  r.decompress =
+      decompress_flops(d, N) / 1e9 / best([&] { decompress_kv(cache, N, w, threads, kv); });
   r.mha = mha_attention_flops(d, S, T) / 1e9 /
           best([&] { mha_prefill(kv, q.data(), S, T, scale, out.data(), threads); });
   r.mqa = mqa_attention_flops(d, S, T) / 1e9 / best([&] {

@@ -39,11 +39,11 @@ namespace mla::ch07 {
 
 /// The widths of one MLA layer that a prefill needs.
 struct PrefillDims {
-  std::size_t heads = 16;   ///< H: query heads
-  std::size_t d_c = 512;    ///< latent width (kv_lora_rank)
-  std::size_t d_r = 64;     ///< decoupled rope width
-  std::size_t d_nope = 128; ///< per-head key width without position
-  std::size_t d_v = 128;    ///< per-head value width
+  std::size_t heads = 16;    ///< H: query heads
+  std::size_t d_c = 512;     ///< latent width (kv_lora_rank)
+  std::size_t d_r = 64;      ///< decoupled rope width
+  std::size_t d_nope = 128;  ///< per-head key width without position
+  std::size_t d_v = 128;     ///< per-head value width
   /// Per-head key width of MHA mode: d_nope + d_r.
   std::size_t d_qk() const { return d_nope + d_r; }
 };
@@ -148,8 +148,8 @@ struct PrefillRates {
 
 /// What the cost model predicts for one chunk, and its choice (the faster prediction).
 struct PrefillChoice {
-  double mha_seconds = 0.0;  ///< decompress (T+S tokens) + MHA attention
-  double mqa_seconds = 0.0;  ///< absorb + expand + MQA attention
+  double mha_seconds = 0.0;             ///< decompress (T+S tokens) + MHA attention
+  double mqa_seconds = 0.0;             ///< absorb + expand + MQA attention
   PrefillMode mode = PrefillMode::MQA;  ///< MHA if mha_seconds < mqa_seconds
 };
 
