@@ -370,6 +370,11 @@ nlohmann::json prefill_json(const PrefillResult& r, const PrefillDims& d, const 
 }
 
 int run_prefill(const Options& o) {
+  if (o.batch != 1 || o.impl != "all" || !o.dtype.empty()) {
+    throw InputError(
+        "--mode prefill runs one sequence in fp32 with its own implementations: --batch, --impl "
+        "and --dtype do not apply");
+  }
   const bool terminal = stdout_is_terminal();
   const PrefillDims d = prefill_dims(o);
   const auto peaks = measure_peaks({o.threads}, terminal && !o.json);

@@ -30,6 +30,8 @@
 
 #include <cblas.h>
 
+#include "04_low_rank_latents/latent.hpp"
+#include "05_absorption/absorption.hpp"
 #include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "07_optimized_mla/kernels/mla_blas.hpp"
 #include "mla/parallel.hpp"
@@ -531,9 +533,19 @@ PrefillRates calibrated_prefill_rates(const PrefillDims& d, int threads) {
   r.mqa = mqa_attention_flops(d, S, T) / 1e9 / best([&] {
             mqa_prefill(cache, H, ql.data(), qr.data(), S, T, scale, out.data(), threads);
           });
-  // Absorbing queries and expanding outputs are GEMMs of the decompression's kind (the same
-  // widths, S rows instead of T + S): the decompression's rate stands for them.
-  r.absorb = r.decompress;
+  // Absorbing the queries and expanding the outputs as the layer does it (chapter 5's
+  // absorb_query and expand_output: one OpenBLAS GEMM per head each).
+  Mat wm = xt::empty<float>({H * (d.d_nope + d.d_v), d.d_c});
+  std::copy(wkv.begin(), wkv.end(), wm.data());
+  const ch04::KvUp up = ch04::split_kv_up(wm, H, d.d_nope, d.d_v);
+  const Mat q_nope = rng.normal(S * H, d.d_nope), o_lat = rng.normal(S * H, d.d_c);
+  set_blas_threads(threads);
+  r.absorb = absorb_flops(d, S) / 1e9 / best([&] {
+               const Mat a = ch05::absorb_query(q_nope, up.W_uk, H);
+               const Mat b = ch05::expand_output(o_lat, up.W_uv, H);
+               (void)a;
+               (void)b;
+             });
   known[key] = r;
   return r;
 }
