@@ -90,6 +90,11 @@ struct ChunkInputs {
 
 // MQA mode as the layer runs it: absorb, attend on the latent, expand. out: (S·H, d_v).
 Mat run_mqa(const ChunkInputs& in, int threads, double* attention_ms) {
+  // The two GEMMs of absorption on one OpenBLAS thread: OpenBLAS's pthreads keep spinning after
+  // a call and take the cores from the OpenMP threads of the attention that follows (measured:
+  // decode steps of 40 ms instead of 0.1 after a multi-threaded absorption). They are 2-5% of
+  // MQA mode's FLOPs at the chunks it is chosen for.
+  set_blas_threads(1);
   const Mat q_lat = ch05::absorb_query(in.q_nope, in.up.W_uk, in.d.heads);
   Mat o_lat = xt::empty<float>({in.S * in.d.heads, in.d.d_c});
   const double t0 = now_seconds();

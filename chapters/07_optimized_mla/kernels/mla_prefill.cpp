@@ -3,7 +3,8 @@
 // cost model that picks one per chunk.
 //
 // The kernel, flash_rows: a block of G = 2·(SIMD width) query rows sits in the lanes of two
-// vectors (32 rows with AVX-512, 16 with AVX2). For every tile of 64 keys:
+// vectors (32 rows with AVX-512, 16 with AVX2); kBlocks such blocks share each tile of 64 keys
+// while it is in L2, and for every tile each block runs:
 //   1. scores S (nt, G) = K_tile (nt, d_k) · Qᵀ (d_k, G): `rows_times_panel`, kRows keys × 2
 //      vectors of accumulators (24 with AVX-512's 32 registers, 12 with AVX2's 16), per k one
 //      key number broadcast per row and two query vectors loaded;
@@ -142,11 +143,17 @@ struct FlashProblem {
   std::size_t out_stride = 0;
 };
 
+// Query blocks per item: kBlocks blocks of G rows take each key tile in turn while it is in L2,
+// so a tile comes from the last-level cache (or memory) once per kBlocks · G query rows. At
+// T + S = 8,192 tokens one head's keys and values are 10 MiB: without the sharing every block of
+// 32 queries streams them from L3, which other programs on the machine share.
+constexpr std::size_t kBlocks = 2;
+
 // Per-thread scratch, grown to the largest problem seen and kept.
 struct FlashScratch {
-  AlignedVec q;   // (d_k, G) packed queries, rows in lanes
-  AlignedVec s;   // (kKeyTile, G) scores, then probabilities
-  AlignedVec ot;  // (round_up(d_v, kRows), G) output accumulators, transposed
+  AlignedVec q;   // (kBlocks, d_k, G) packed queries, rows in lanes
+  AlignedVec s;   // (kKeyTile, G) scores, then probabilities (one block at a time)
+  AlignedVec ot;  // (kBlocks, round_up(d_v, kRows), G) output accumulators, transposed
 };
 
 FlashScratch& flash_scratch() {
@@ -158,43 +165,43 @@ void grow(AlignedVec& v, std::size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-// Rows [r0, r0 + G) of the problem (those < rows) against every key tile they see.
-// tile(i) returns tile i's first key row (kKeyTile rows of ldk floats; rows past the last key
-// are never read).
-template <class Tiles>
-void flash_rows(const FlashProblem& fp, Tiles&& tile, std::size_t r0) {
-  const std::size_t nr = std::min(G, fp.rows - r0);
-  const std::size_t dv_pad = round_up(fp.d_v, kRows);
-  FlashScratch& ws = flash_scratch();
-  grow(ws.q, fp.d_k * G);
-  grow(ws.s, kKeyTile * G);
-  grow(ws.ot, dv_pad * G);
-  float *Q = ws.q.data(), *S = ws.s.data(), *Ot = ws.ot.data();
+// One block of G query rows [r0, r0 + nr) and its running softmax.
+struct RowBlock {
+  std::size_t r0 = 0, nr = 0;
+  float *Q = nullptr, *Ot = nullptr;  // (d_k, G) packed queries, (dv_pad, G) accumulators
+  V lim0, lim1;                       // per lane: keys [0, limit) are visible
+  std::size_t first_limit = 0;        // the block's first row's limit: no mask below it
+  std::size_t keys = 0;               // the block's last row's limit: no key at or past it is read
+  V m0 = V(kNegInf), m1 = V(kNegInf), l0 = V(0.0f), l1 = V(0.0f);
 
-  // Pack: Q (d_k, G), lane = row, scaled; zero in padding columns and in lanes past the rows
-  // (their scores are 0: finite, and never written out).
-  std::fill(Q, Q + fp.d_k * G, 0.0f);
-  for (std::size_t l = 0; l < nr; ++l) {
-    for (const QueryPart& qp : fp.part) {
-      const float* src = qp.base + (r0 + l) * qp.stride;
-      for (std::size_t k = 0; k < qp.width; ++k) Q[(qp.col + k) * G + l] = fp.scale * src[k];
+  // Pack the queries (scaled; zero in padding columns and in lanes past the rows, whose scores
+  // are then 0: finite, and never written out), zero the accumulators, set the limits.
+  void init(const FlashProblem& fp, std::size_t row0, float* q, float* ot, std::size_t dv_pad) {
+    r0 = row0;
+    nr = std::min(G, fp.rows - r0);
+    Q = q;
+    Ot = ot;
+    std::fill(Q, Q + fp.d_k * G, 0.0f);
+    for (std::size_t l = 0; l < nr; ++l) {
+      for (const QueryPart& qp : fp.part) {
+        const float* src = qp.base + (r0 + l) * qp.stride;
+        for (std::size_t k = 0; k < qp.width; ++k) Q[(qp.col + k) * G + l] = fp.scale * src[k];
+      }
     }
+    std::fill(Ot, Ot + dv_pad * G, 0.0f);
+    // Lane l sees keys [0, position + 1); lanes past the rows get the last row's limit.
+    alignas(64) float lim[G];
+    for (std::size_t l = 0; l < G; ++l) {
+      lim[l] = static_cast<float>(fp.pos0 + (r0 + std::min(l, nr - 1)) / fp.rows_per_pos + 1);
+    }
+    lim0 = V::load_aligned(lim);
+    lim1 = V::load_aligned(lim + W);
+    first_limit = static_cast<std::size_t>(lim[0]);
+    keys = static_cast<std::size_t>(lim[nr - 1]);
   }
-  std::fill(Ot, Ot + dv_pad * G, 0.0f);
 
-  // Lane l sees keys [0, limit_l): limit = position + 1. Lanes past the rows get the last row's.
-  alignas(64) float lim[G];
-  for (std::size_t l = 0; l < G; ++l) {
-    lim[l] = static_cast<float>(fp.pos0 + (r0 + std::min(l, nr - 1)) / fp.rows_per_pos + 1);
-  }
-  const V lim0 = V::load_aligned(lim), lim1 = V::load_aligned(lim + W);
-  const std::size_t first_limit = static_cast<std::size_t>(lim[0]);
-  const std::size_t keys = static_cast<std::size_t>(lim[nr - 1]);  // the block's last row sees most
-  V m0(kNegInf), m1(kNegInf), l0(0.0f), l1(0.0f);
-
-  for (std::size_t k0 = 0, i = 0; k0 < keys; k0 += kKeyTile, ++i) {
-    const std::size_t nt = std::min(kKeyTile, keys - k0);
-    const float* kt = tile(i);
+  // The key tile starting at key k0 (rows kt, its first nt keys) for this block; S: scratch.
+  void step(const FlashProblem& fp, const float* kt, std::size_t k0, std::size_t nt, float* S) {
     // 1. scores
     for (std::size_t t = 0; t < nt; t += kRows) {
       rows_times_panel_n<kRows>(std::min<std::size_t>(kRows, nt - t), kt + t * fp.ldk, fp.ldk, Q,
@@ -239,13 +246,43 @@ void flash_rows(const FlashProblem& fp, Tiles&& tile, std::size_t r0) {
   }
 
   // Out: row r0 + l = Oᵀ[:, l] / l_l.
-  alignas(64) float inv[G];
-  (V(1.0f) / l0).store_aligned(inv);
-  (V(1.0f) / l1).store_aligned(inv + W);
-  for (std::size_t l = 0; l < nr; ++l) {
-    float* o = fp.out + (r0 + l) * fp.out_stride;
-    for (std::size_t j = 0; j < fp.d_v; ++j) o[j] = Ot[j * G + l] * inv[l];
+  void finish(const FlashProblem& fp) const {
+    alignas(64) float inv[G];
+    (V(1.0f) / l0).store_aligned(inv);
+    (V(1.0f) / l1).store_aligned(inv + W);
+    for (std::size_t l = 0; l < nr; ++l) {
+      float* o = fp.out + (r0 + l) * fp.out_stride;
+      for (std::size_t j = 0; j < fp.d_v; ++j) o[j] = Ot[j * G + l] * inv[l];
+    }
   }
+};
+
+// Rows [r0, r0 + kBlocks·G) of the problem (those < rows) against every key tile they see, in
+// blocks of G rows that take each tile in turn. tile(i) returns tile i's first key row
+// (kKeyTile rows of ldk floats; rows past the last key are never read).
+template <class Tiles>
+void flash_rows(const FlashProblem& fp, Tiles&& tile, std::size_t r0) {
+  const std::size_t dv_pad = round_up(fp.d_v, kRows);
+  const std::size_t nb = std::min(kBlocks, (fp.rows - r0 + G - 1) / G);
+  FlashScratch& ws = flash_scratch();
+  grow(ws.q, kBlocks * fp.d_k * G);
+  grow(ws.s, kKeyTile * G);
+  grow(ws.ot, kBlocks * dv_pad * G);
+  RowBlock blocks[kBlocks];
+  std::size_t keys = 0;
+  for (std::size_t b = 0; b < nb; ++b) {
+    blocks[b].init(fp, r0 + b * G, ws.q.data() + b * fp.d_k * G, ws.ot.data() + b * dv_pad * G,
+                   dv_pad);
+    keys = std::max(keys, blocks[b].keys);
+  }
+  for (std::size_t k0 = 0, i = 0; k0 < keys; k0 += kKeyTile, ++i) {
+    const float* kt = tile(i);
+    for (std::size_t b = 0; b < nb; ++b) {
+      if (k0 >= blocks[b].keys) continue;  // past this block's last query
+      blocks[b].step(fp, kt, k0, std::min(kKeyTile, blocks[b].keys - k0), ws.s.data());
+    }
+  }
+  for (std::size_t b = 0; b < nb; ++b) blocks[b].finish(fp);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -343,7 +380,7 @@ void mha_prefill(const MhaKv& kv, const float* q, std::size_t S, std::size_t sta
                                 " but " + std::to_string(kv.tokens()) + " keys decompressed");
   }
   if (S == 0) return;
-  const std::size_t H = d.heads, d_qk = d.d_qk(), blocks = (S + G - 1) / G;
+  const std::size_t H = d.heads, d_qk = d.d_qk(), blocks = (S + kBlocks * G - 1) / (kBlocks * G);
   // Items head-major: the threads work on the same head's keys at the same time (they share
   // them in the last-level cache).
   parallel_for(static_cast<long>(H * blocks), threads, [&](long item) {
@@ -366,7 +403,7 @@ void mha_prefill(const MhaKv& kv, const float* q, std::size_t S, std::size_t sta
     const float* kh = kv.head(h);
     const std::size_t ld = kv.ld();
     flash_rows(
-        fp, [&](std::size_t i) { return kh + i * kKeyTile * ld; }, b * G);
+        fp, [&](std::size_t i) { return kh + i * kKeyTile * ld; }, b * kBlocks * G);
   });
 }
 
@@ -446,10 +483,11 @@ void mqa_prefill(const LatentCache& cache, std::size_t heads, const float* q_lat
   fp.rows_per_pos = heads;
   fp.out = out;
   fp.out_stride = cache.d_c();
-  const std::size_t blocks = (fp.rows + G - 1) / G;
+  const std::size_t blocks = (fp.rows + kBlocks * G - 1) / (kBlocks * G);
   parallel_for(static_cast<long>(blocks), threads, [&](long b) {
     flash_rows(
-        fp, [&](std::size_t i) { return cache.tile_f32(i); }, static_cast<std::size_t>(b) * G);
+        fp, [&](std::size_t i) { return cache.tile_f32(i); },
+        static_cast<std::size_t>(b) * kBlocks * G);
   });
 }
 
@@ -515,10 +553,11 @@ PrefillRates calibrated_prefill_rates(const PrefillDims& d, int threads) {
   for (float& x : ql) x = rng.normal();
   for (float& x : qr) x = rng.normal();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.d_qk()));
-  // Best of 3 runs of each (the first also warms the scratch buffers).
+  // Best of 5 runs of each (the first also warms the scratch buffers): on a shared machine a
+  // run in a few loses a core for a while.
   auto best = [](auto&& fn) {
     double b = std::numeric_limits<double>::infinity();
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < 5; ++rep) {
       const auto t0 = std::chrono::steady_clock::now();
       fn();
       b = std::min(b, seconds_since(t0));

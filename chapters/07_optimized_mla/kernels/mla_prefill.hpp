@@ -143,7 +143,7 @@ struct PrefillRates {
   double decompress = 0.0;  ///< decompress_kv
   double mha = 0.0;         ///< mha_prefill's attention
   double mqa = 0.0;         ///< mqa_prefill's attention
-  double absorb = 0.0;      ///< absorbing queries and expanding outputs (the layer's GEMMs)
+  double absorb = 0.0;      ///< absorbing queries and expanding outputs (chapter 5's GEMMs)
 };
 
 /// What the cost model predicts for one chunk, and its choice (the faster prediction).
@@ -163,10 +163,11 @@ PrefillChoice choose_prefill_mode(const PrefillDims& d, std::size_t S, std::size
 std::size_t prefill_crossover(const PrefillDims& d, std::size_t T, const PrefillRates& r,
                               std::size_t max_S = 1 << 16);
 
-/// A one-off calibration: times decompress_kv, mha_prefill and mqa_prefill (and a GEMM for
-/// absorption) on small problems of these widths on `threads` threads, and returns their rates.
-/// Remembered per (dims, threads) for the process: the first call costs some tens of ms at
-/// DeepSeek's widths, later ones nothing.
+/// A one-off calibration: times decompress_kv, mha_prefill and mqa_prefill (a chunk of 256 after
+/// 256 tokens) and chapter 5's absorb_query + expand_output (256 queries) at these widths on
+/// `threads` threads, best of 5 each, and returns their rates. Remembered per (dims, threads) for
+/// the process: the first call costs about a second at DeepSeek's widths on a loaded 2-core
+/// machine, later ones nothing.
 PrefillRates calibrated_prefill_rates(const PrefillDims& d, int threads);
 
 /// @}
