@@ -34,7 +34,8 @@ struct PrefillBenchOptions {
 struct PrefillResult {
   std::string impl;  ///< "prefill_mha", "prefill_mha_blas", "prefill_mqa", "decode" (sweep)
   PrefillMode mode = PrefillMode::MHA;  ///< the mode it runs
-  std::size_t context = 0, chunk = 0;   ///< T, S
+  std::size_t context = 0;              ///< T: tokens cached before the chunk
+  std::size_t chunk = 0;                ///< S: tokens of the chunk
   int threads = 1;                      ///< threads it ran on
   double ms = 0.0;                      ///< median time of the chunk
   double flops = 0.0;                   ///< FLOPs counted (mla_prefill.hpp's formulas)
