@@ -155,30 +155,39 @@ AbsorbedMla::AbsorbedMla(const MlaConfig& cfg, std::shared_ptr<const MlaWeights>
 
 Mat AbsorbedMla::attend(const Mat& q, const Mat& c_kv, const Mat& k_rope, std::size_t S,
                         std::size_t start) {
-  const std::size_t N = q.shape(0);
+  return absorbed_attention(*this, up_, cores_, q, c_kv, k_rope, S, start);
+}
+
+Mat absorbed_attention(const MlaLayer& layer, const ch04::KvUp& up,
+                       std::vector<std::unique_ptr<LatentAttention>>& cores, const Mat& q,
+                       const Mat& c_kv, const Mat& k_rope, std::size_t S, std::size_t start) {
+  const MlaConfig& cfg = layer.config();
+  const std::size_t N = q.shape(0), H = cfg.num_attention_heads, d_nope = cfg.qk_nope_head_dim,
+                    d_rope = cfg.qk_rope_head_dim, d_qk = cfg.qk_head_dim(), d_v = cfg.v_head_dim,
+                    d_c = cfg.kv_lora_rank;
   // Split each head's query: q_nope (N·H, d_nope) goes through W_UK, q_rope (N·H, d_rope) does
   // not (it was rotated, and R_t cannot be folded into any weight).
-  Mat q_nope = xt::empty<float>({N * H_, d_nope_});
-  Mat q_rope = xt::empty<float>({N * H_, d_rope_});
-  for (std::size_t r = 0; r < N * H_; ++r) {
-    const float* qh = q.data() + r * d_qk_;  // row r = (token r / H, head r % H)
-    std::copy_n(qh, d_nope_, q_nope.data() + r * d_nope_);
-    std::copy_n(qh + d_nope_, d_rope_, q_rope.data() + r * d_rope_);
+  Mat q_nope = xt::empty<float>({N * H, d_nope});
+  Mat q_rope = xt::empty<float>({N * H, d_rope});
+  for (std::size_t r = 0; r < N * H; ++r) {
+    const float* qh = q.data() + r * d_qk;  // row r = (token r / H, head r % H)
+    std::copy_n(qh, d_nope, q_nope.data() + r * d_nope);
+    std::copy_n(qh + d_nope, d_rope, q_rope.data() + r * d_rope);
   }
   // Chapter 5's absorption: q_lat_h = W_UK_hᵀ q_nope_h, (N·H, d_c), the same memory as (N, H, d_c).
-  const Mat q_lat = ch05::absorb_query(q_nope, up_.W_uk, H_);
+  const Mat q_lat = ch05::absorb_query(q_nope, up.W_uk, H);
 
   // Attention against the latent cache, one sequence at a time: (S, H, d_c) per sequence.
-  Mat o_lat = xt::empty<float>({N * H_, d_c_});
-  for (std::size_t b = 0; b < batch_; ++b) {
-    cores_[b]->append(c_kv.data() + b * S * d_c_, k_rope.data() + b * S * d_rope_, S);
-    cores_[b]->attend(q_lat.data() + b * S * H_ * d_c_, q_rope.data() + b * S * H_ * d_rope_, S,
-                      start, scale_, o_lat.data() + b * S * H_ * d_c_);
+  Mat o_lat = xt::empty<float>({N * H, d_c});
+  for (std::size_t b = 0; b < layer.batch(); ++b) {
+    cores[b]->append(c_kv.data() + b * S * d_c, k_rope.data() + b * S * d_rope, S);
+    cores[b]->attend(q_lat.data() + b * S * H * d_c, q_rope.data() + b * S * H * d_rope, S, start,
+                     layer.softmax_scale(), o_lat.data() + b * S * H * d_c);
   }
   // Chapter 5's expansion: Σ_t p_t v_t = W_UV_h (Σ_t p_t c_t): (N·H, d_c) -> (N·H, d_v), which is
   // (N, H·d_v), o_proj's input.
-  Mat o = ch05::expand_output(o_lat, up_.W_uv, H_);
-  o.reshape({N, H_ * d_v_});
+  Mat o = ch05::expand_output(o_lat, up.W_uv, H);
+  o.reshape({N, H * d_v});
   return o;
 }
 

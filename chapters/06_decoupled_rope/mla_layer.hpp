@@ -146,6 +146,16 @@ class AbsorbedMla final : public MlaLayer {
   std::vector<std::unique_ptr<LatentAttention>> cores_;  // one per sequence
 };
 
+/// The attention of one call of the absorbed path (AbsorbedMla::attend), for any layer that runs
+/// it — chapter 7's prefill layer runs it for the chunks it keeps absorbed. Appends each
+/// sequence's new latents to its core (`cores`: one per sequence of `layer`) and attends:
+/// split q (B·S, H·d_qk) into q_nope and q_rope, absorb q_nope through `up.W_uk`, attend in the
+/// latent space, expand through `up.W_uv`. c_kv (B·S, d_c), k_rope (B·S, d_rope).
+/// @return (B·S, H·d_v)
+Mat absorbed_attention(const MlaLayer& layer, const ch04::KvUp& up,
+                       std::vector<std::unique_ptr<LatentAttention>>& cores, const Mat& q,
+                       const Mat& c_kv, const Mat& k_rope, std::size_t S, std::size_t start);
+
 /// Makes a layer of one path for (config, weights, batch).
 using MlaLayerFactory = std::function<std::unique_ptr<MlaLayer>(
     const MlaConfig& cfg, std::shared_ptr<const MlaWeights> w, std::size_t batch)>;

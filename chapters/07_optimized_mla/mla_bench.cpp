@@ -5,6 +5,8 @@
 //   mla_bench --heads 128 --context 4096 --threads 2            one configuration, a table
 //   mla_bench --heads 128 --context 4096 --impl v5 --json        JSON lines for scripts
 //   mla_bench --sweep                                            T × H × B × threads -> CSV
+//   mla_bench --mode prefill --heads 16 --context 4096 --chunk 4096   a prefill chunk, both modes
+//   mla_bench --mode prefill --heads 16 --sweep                  pp512..pp16384, tg -> CSV
 #include <algorithm>
 #include <iostream>
 #include <map>
@@ -15,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "07_optimized_mla/optimized_mla.hpp"
+#include "07_optimized_mla/prefill_bench.hpp"
 #include "07_optimized_mla/runner.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
@@ -33,6 +36,8 @@ struct Options {
   std::string dtype;  // empty: both
   bool json = false, sweep = false, quick = false;
   std::uint64_t seed = kDefaultSeed;
+  std::string mode = "decode";  // or "prefill" (issue 13's prefill half)
+  std::size_t chunk = 512;      // --mode prefill: S, the new tokens of the chunk
 };
 
 int hardware_threads() {
@@ -329,6 +334,137 @@ int run_sweep(const Options& o) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// --mode prefill: a chunk of S new tokens after T cached ones, in MHA mode, in MQA mode and as
+// the OpenBLAS formulation; or (--sweep) the engines' pp / tg tables.
+// ---------------------------------------------------------------------------------------------
+
+PrefillDims prefill_dims(const Options& o) {
+  PrefillDims d;
+  d.heads = o.heads;
+  d.d_c = o.d_c;
+  d.d_r = o.d_r;
+  d.d_nope = o.d_nope;
+  d.d_v = o.d_v;
+  return d;
+}
+
+nlohmann::json prefill_json(const PrefillResult& r, const PrefillDims& d, const MachinePeak& pk) {
+  const double gflops = r.flops / (r.ms * 1e6);
+  return {{"impl", r.impl},
+          {"heads", d.heads},
+          {"context", r.context},
+          {"batch", 1},
+          {"threads", r.threads},
+          {"dtype", "f32"},
+          {"ms", r.ms},
+          {"gflops", gflops},
+          {"gbps", r.bytes / (r.ms * 1e6)},
+          {"pct_peak", 100.0 * gflops / pk.gflops},
+          {"bound", "compute"},
+          {"speedup_v1", 0.0},
+          {"max_abs_err", r.max_abs_err},
+          {"mode", "prefill"},
+          {"chunk", r.chunk},
+          {"prefill_mode", prefill_mode_name(r.mode)},
+          {"attention_ms", r.attention_ms}};
+}
+
+int run_prefill(const Options& o) {
+  if (o.batch != 1 || o.impl != "all" || !o.dtype.empty()) {
+    throw InputError(
+        "--mode prefill runs one sequence in fp32 with its own implementations: --batch, --impl "
+        "and --dtype do not apply");
+  }
+  const bool terminal = stdout_is_terminal();
+  const PrefillDims d = prefill_dims(o);
+  const auto peaks = measure_peaks({o.threads}, terminal && !o.json);
+  const MachinePeak& pk = peaks.at(o.threads);
+  auto pct = [&](double flops, double ms) { return 100.0 * flops / (ms * 1e6) / pk.gflops; };
+  if (o.sweep) {
+    const std::vector<std::size_t> pp =
+        o.quick ? std::vector<std::size_t>{512, 1024, 2048}
+                : std::vector<std::size_t>{512, 1024, 2048, 4096, 8192, 16384};
+    const std::vector<std::size_t> tg =
+        o.quick ? std::vector<std::size_t>{512, 2048, 8192}
+                : std::vector<std::size_t>{512, 1024, 2048, 4096, 8192, 16384};
+    const std::size_t mqa_max = o.quick ? 2048 : 4096;
+    const auto rows = run_prefill_sweep(d, pp, mqa_max, tg, o.threads, o.seed, terminal);
+    Table t({"test", "impl", "prefill_mode", "heads", "tokens", "threads", "ms", "tokens_per_s",
+             "gflops", "pct_peak"});
+    for (const auto& r : rows) {
+      const bool is_pp = r.impl != "decode";
+      t.add({is_pp ? "pp" + std::to_string(r.chunk) : "tg@" + std::to_string(r.context), r.impl,
+             prefill_mode_name(r.mode), std::to_string(d.heads),
+             std::to_string(is_pp ? r.chunk : r.context), std::to_string(r.threads), num(r.ms, 5),
+             num(double(r.chunk) / (r.ms * 1e-3), 5), num(r.flops / (r.ms * 1e6), 5),
+             num(pct(r.flops, r.ms), 4)});
+    }
+    std::cout << "FMA peak on " << o.threads << " thread(s): " << num(pk.gflops, 4)
+              << " GFLOP/s; heads " << d.heads << ", d_c " << d.d_c << ", d_r " << d.d_r
+              << ", d_nope " << d.d_nope << ", d_v " << d.d_v << "\n";
+    t.print(std::cout);
+    const std::string path = results_dir() + "/ch07_prefill_sweep.csv";
+    t.write_csv(path);
+    std::cout << "CSV written to " << path << "\n";
+    return 0;
+  }
+  PrefillBenchOptions po;
+  po.dims = d;
+  po.context = o.context;
+  po.chunk = o.chunk;
+  po.threads = o.threads;
+  po.runs = o.quick ? 1 : 3;
+  po.seed = o.seed;
+  if (!o.json) {
+    std::cout << "MLA prefill, one layer: a chunk of S = "
+              << grouped(static_cast<long long>(o.chunk))
+              << " new tokens after T = " << grouped(static_cast<long long>(o.context))
+              << " cached; heads " << d.heads << ", d_c " << d.d_c << " + d_r " << d.d_r
+              << "; MHA mode: d_qk " << d.d_qk() << ", d_v " << d.d_v << "\n"
+              << "machine limit on " << o.threads << " thread(s): " << num(pk.gflops, 4)
+              << " GFLOP/s FMA\n";
+  }
+  const auto rs = run_prefill_chunk(po, o.json ? nullptr : &std::cout);
+  const PrefillRates rates = calibrated_prefill_rates(d, o.threads);
+  const PrefillChoice choice = choose_prefill_mode(d, o.chunk, o.context, rates);
+  if (o.json) {
+    std::cout << nlohmann::json{{"impl", "peak"},
+                                {"threads", o.threads},
+                                {"gflops", pk.gflops},
+                                {"gbps", pk.gbps}}
+                     .dump()
+              << "\n";
+    for (const auto& r : rs) std::cout << prefill_json(r, d, pk).dump() << "\n";
+    return 0;
+  }
+  Table t({"impl", "mode", "threads", "ms", "GFLOP/s", "% FMA", "attention ms", "attention % FMA"});
+  for (const auto& r : rs) {
+    const double f_att = r.mode == PrefillMode::MHA ? mha_attention_flops(d, r.chunk, r.context)
+                                                    : mqa_attention_flops(d, r.chunk, r.context);
+    t.add({r.impl, prefill_mode_name(r.mode), std::to_string(r.threads), num(r.ms, 4),
+           num(r.flops / (r.ms * 1e6), 4), fixed(pct(r.flops, r.ms), 1), num(r.attention_ms, 4),
+           fixed(pct(f_att, r.attention_ms), 1)});
+  }
+  t.print(std::cout);
+  std::cout
+      << "(FLOPs: decompression 2·(T+S)·d_c·H·(d_nope+d_v) or absorption 2·S·H·d_c·(d_nope+"
+         "d_v), plus attention over the S·T + S(S+1)/2 unmasked (query, key) pairs per head)\n";
+  const PrefillResult &mha = rs[0], &blas = rs[1], &mqa = rs[2];
+  std::cout << "MHA mode vs the OpenBLAS formulation: " << fixed(blas.ms / mha.ms, 2)
+            << "x (whole chunk), " << fixed(blas.attention_ms / mha.attention_ms, 2)
+            << "x (attention alone)\n"
+            << "MHA mode vs MQA mode: " << fixed(mqa.ms / mha.ms, 2) << "x\n"
+            << "cost model (rates calibrated on this machine: decompression "
+            << num(rates.decompress, 3) << ", MHA attention " << num(rates.mha, 3)
+            << ", MQA attention " << num(rates.mqa, 3) << " GFLOP/s): mha "
+            << num(choice.mha_seconds * 1e3, 4) << " ms, mqa " << num(choice.mqa_seconds * 1e3, 4)
+            << " ms -> the switch picks " << prefill_mode_name(choice.mode) << " mode; measured "
+            << (mha.ms < mqa.ms ? "mha" : "mqa") << " faster\n"
+            << "S* after T = " << o.context << " (the smallest chunk the switch runs in MHA mode): "
+            << prefill_crossover(d, o.context, rates) << "\n";
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -367,6 +503,15 @@ int main(int argc, char** argv) {
                "T in 1K..64K, H in {1,4,16,32,64,128}, B in {1,4}, 1 and --threads threads -> CSV "
                "(with --quick: T in {1K,4K,16K}, H in {1,16,32,128}, B = 1, --threads only)");
   app.add_flag("--quick", o.quick, "Fewer timed runs (for the tour)");
+  app.add_option("--mode", o.mode,
+                 "decode (the decode kernels) or prefill (a chunk of --chunk new tokens after "
+                 "--context cached ones: MHA mode, MQA mode, OpenBLAS; with --sweep the pp/tg "
+                 "tables)")
+      ->check(CLI::IsMember({"decode", "prefill"}))
+      ->capture_default_str();
+  app.add_option("--chunk", o.chunk, "--mode prefill: new tokens S of the chunk")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 24))
+      ->capture_default_str();
   add_seed_option(app, o.seed);
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
   return run_program("mla_bench", [&] {
@@ -381,6 +526,7 @@ int main(int argc, char** argv) {
       throw InputError("--rope-dim must be even (RoPE rotates pairs), got " +
                        std::to_string(o.d_r));
     (void)select(o, o.sweep);  // unknown --impl names exit 2 before any work
+    if (o.mode == "prefill") return run_prefill(o);
     return o.sweep ? run_sweep(o) : run_single(o);
   });
 }

@@ -20,6 +20,7 @@
 
 #include "06_decoupled_rope/verify.hpp"
 #include "07_optimized_mla/fast_latent_attention.hpp"
+#include "07_optimized_mla/prefill_layer.hpp"
 #include "09_sparse_attention/dsa_verify.hpp"
 #include "mla/json.hpp"
 #include "mla/program.hpp"
@@ -35,6 +36,9 @@ using namespace mla::ch06;
 std::vector<MlaPath> available_paths() {
   std::vector<MlaPath> paths = builtin_paths();
   for (MlaPath& p : mla::ch07::optimized_paths()) paths.push_back(std::move(p));
+  // Chapter 7's prefill modes (prefill_mha, prefill_mqa) and the switch (prefill_auto), which
+  // prints the mode it chooses for each chunk.
+  for (MlaPath& p : mla::ch07::prefill_paths(0, &std::cout)) paths.push_back(std::move(p));
   return paths;
 }
 
