@@ -10,7 +10,9 @@ set xlabel "tokens N (pp: the chunk; tg: the context)"
 set ylabel "tokens per second (one layer's attention)"
 set grid xtics ytics lc rgb "#dddddd"
 set key top right box lc rgb "#cccccc"
-is(impl) = strcol("impl") eq impl ? column("tokens_per_s") : NaN
-plot data using "tokens":(is("prefill_mha")) with linespoints pt 7 ps 0.8 lw 2 lc rgb c_plain title "pp, MHA mode", \
-     data using "tokens":(is("prefill_mqa")) with linespoints pt 5 ps 0.8 lw 2 lc rgb c_mla title "pp, MQA mode", \
-     data using "tokens":(is("decode")) with linespoints pt 9 ps 0.9 lw 2 lc rgb c_cached title "tg (decode step, v5)"
+# The rows of the three curves are interleaved in the CSV; gnuplot joins only consecutive points, so
+# each curve reads its own rows (the header line, then the rows of that impl).
+rows(impl) = "< (head -n 1 '".data."' && grep ',".impl.",' '".data."')"
+plot rows("prefill_mha") using "tokens":"tokens_per_s" with linespoints pt 7 ps 0.8 lw 2 lc rgb c_plain title "pp, MHA mode", \
+     rows("prefill_mqa") using "tokens":"tokens_per_s" with linespoints pt 5 ps 0.8 lw 2 lc rgb c_mla title "pp, MQA mode", \
+     rows("decode") using "tokens":"tokens_per_s" with linespoints pt 9 ps 0.9 lw 2 lc rgb c_cached title "tg (decode step, v5)"
