@@ -475,6 +475,52 @@ def val_excerpt(val, S, max_windows):
     return bytes(val[: n * S + 1].numpy().astype(np.uint8))
 
 
+def make_optimizer(model, lr):
+    """AdamW as every run of this script uses it: weight decay 0.1 on matrices, none on norms."""
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def lr_schedule(peak, steps):
+    """Linear warm-up over 5 % of the steps, then cosine to 10 % of the peak."""
+    warmup = max(1, steps // 20)
+
+    def lr_at(s):
+        if s < warmup:
+            return peak * (s + 1) / warmup
+        t = (s - warmup) / max(1, steps - warmup)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+    return lr_at
+
+
+def train_steps(model, opt, lr_at, train, B, S, gen, steps, print_every):
+    """The training loop of every run: `steps` steps of B sequences of S bytes drawn by `gen`,
+    gradients clipped at 1. Returns the training loss per step (bits/byte), or None (after saying
+    so) if a loss is not finite."""
+    log, t0 = [], time.time()
+    for s in range(steps):
+        for g_ in opt.param_groups:
+            g_["lr"] = lr_at(s)
+        x, y = batch(train, B, S, gen)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bpb = loss.item() / math.log(2)
+        log.append(bpb)
+        if not math.isfinite(bpb):
+            print(f"step {s}: loss is not finite", file=sys.stderr)
+            return None
+        if s % print_every == 0 or s == steps - 1:
+            print(f"step {s:5d}  train {bpb:.4f} bits/byte  lr {lr_at(s):.2e}  "
+                  f"{time.time() - t0:.0f} s", flush=True)
+    return log
+
+
 def finetune(a):
     """Start from an MHA model converted to MLA (mha_to_mla --save DIR), or from the MHA model
     itself (the baseline: as many further steps with the attention unchanged), train a.steps
@@ -509,37 +555,13 @@ def finetune(a):
     what = (f"converted (r = {conv['kv_lora_rank']}, d_rope = {2 * conv['rope_units']})"
             if conv is not None else "MHA")
     print(f"{what}: val {before:.4f} bits/byte before fine-tuning", flush=True)
-    decay = [p for p in model.parameters() if p.dim() == 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95))
-    steps, warmup = a.steps, max(1, a.steps // 20)
-
-    def lr_at(s):  # as main(): linear warm-up, then cosine to 10 % of the peak
-        if s < warmup:
-            return a.lr * (s + 1) / warmup
-        t = (s - warmup) / max(1, steps - warmup)
-        return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
+    opt = make_optimizer(model, a.lr)
+    steps = a.steps
     # Batches the pre-training did not draw in this order (another seed of the same generator).
     gen = torch.Generator().manual_seed(1000 + a.seed)
     t0, c0 = time.time(), time.process_time()
-    for s in range(steps):
-        for g_ in opt.param_groups:
-            g_["lr"] = lr_at(s)
-        x, y = batch(train, B, S, gen)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if not math.isfinite(loss.item()):
-            print(f"step {s}: loss is not finite", file=sys.stderr)
-            return 1
-        if s % 25 == 0 or s == steps - 1:
-            print(f"step {s:5d}  train {loss.item() / math.log(2):.4f} bits/byte  "
-                  f"lr {lr_at(s):.2e}", flush=True)
+    if train_steps(model, opt, lr_schedule(a.lr, steps), train, B, S, gen, steps, 25) is None:
+        return 1
     after = val_bits_per_byte(model, val, S, 64)
     os.makedirs(a.out, exist_ok=True)
     tensors = [(n, p.detach().numpy().astype(np.float32)) for n, p in model.named_parameters()]
@@ -643,19 +665,7 @@ def main():
     text, train, val = load_corpus()
     model = Decoder(c, a.variant)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() == 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
-
-    def lr_at(s):  # linear warm-up, then cosine to 10 % of the peak
-        if s < warmup:
-            return a.lr * (s + 1) / warmup
-        t = (s - warmup) / max(1, steps - warmup)
-        return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
+    opt = make_optimizer(model, a.lr)
     gen = torch.Generator().manual_seed(a.seed)
     if a.batch is not None:
         if a.batch < 1:
@@ -665,24 +675,10 @@ def main():
     S, B = c["context"], c["batch"]
     print(f"variant {a.variant} seed {a.seed}: {n_params} parameters, {steps} steps of {B}x{S} "
           f"bytes; corpus {len(text)} bytes, train {len(train)}, val {len(val)}", flush=True)
-    log, t0, c0 = [], time.time(), time.process_time()
-    for s in range(steps):
-        for g_ in opt.param_groups:
-            g_["lr"] = lr_at(s)
-        x, y = batch(train, B, S, gen)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bpb = loss.item() / math.log(2)
-        log.append(bpb)
-        if not math.isfinite(bpb):
-            print(f"step {s}: loss is not finite", file=sys.stderr)
-            return 1
-        if s % 50 == 0 or s == steps - 1:
-            print(f"step {s:5d}  train {bpb:.4f} bits/byte  lr {lr_at(s):.2e}  "
-                  f"{time.time() - t0:.0f} s", flush=True)
+    t0, c0 = time.time(), time.process_time()
+    log = train_steps(model, opt, lr_schedule(a.lr, steps), train, B, S, gen, steps, 50)
+    if log is None:
+        return 1
     wall, cpu = time.time() - t0, time.process_time() - c0
     val_bpb = val_bits_per_byte(model, val, S, 16 if a.smoke else 64)
     floats = cache_floats_per_token(c, a.variant)
