@@ -38,15 +38,32 @@ std::vector<std::string> paths_of(const Model& m) {
   return {"gqa"};
 }
 
+/// A shipped model with its golden file: the prompt and PyTorch's greedy continuation.
+struct Shipped {
+  std::shared_ptr<const Model> model;
+  nlohmann::json golden;
+  std::vector<int> prompt, greedy;
+};
+
+Shipped load_shipped(const fs::path& dir) {
+  Shipped s;
+  s.model = std::make_shared<const Model>(load_model(dir.string()));
+  s.golden = load_json_file((dir / "golden.json").string());
+  s.prompt = s.golden.at("prompt_tokens").get<std::vector<int>>();
+  s.greedy = s.golden.at("greedy_tokens").get<std::vector<int>>();
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("trained models: C++ logits of the prompt equal PyTorch's golden file", "[ch08]") {
   for (const std::string& name : kShipped) {
     const fs::path dir = model_dir(name);
     INFO("model " << dir.string());
-    const auto m = std::make_shared<const Model>(load_model(dir.string()));
-    const nlohmann::json g = load_json_file((dir / "golden.json").string());
-    const std::vector<int> prompt = g.at("prompt_tokens").get<std::vector<int>>();
+    const Shipped sh = load_shipped(dir);
+    const auto& m = sh.model;
+    const nlohmann::json& g = sh.golden;
+    const std::vector<int>& prompt = sh.prompt;
     REQUIRE(prompt == encode_bytes(g.at("prompt").get<std::string>()));
     const auto& want = g.at("logits");
     REQUIRE(want.size() == prompt.size());
@@ -75,10 +92,10 @@ TEST_CASE("trained models: C++ greedy continuation equals PyTorch's", "[ch08]") 
   for (const std::string& name : kShipped) {
     const fs::path dir = model_dir(name);
     INFO("model " << dir.string());
-    const auto m = std::make_shared<const Model>(load_model(dir.string()));
-    const nlohmann::json g = load_json_file((dir / "golden.json").string());
-    const std::vector<int> prompt = g.at("prompt_tokens").get<std::vector<int>>();
-    const std::vector<int> want = g.at("greedy_tokens").get<std::vector<int>>();
+    const Shipped sh = load_shipped(dir);
+    const auto& m = sh.model;
+    const std::vector<int>& prompt = sh.prompt;
+    const std::vector<int>& want = sh.greedy;
     REQUIRE(want.size() == 32);
     for (const std::string& path : paths_of(*m)) {
       INFO("path " << path);
@@ -125,10 +142,10 @@ TEST_CASE("trained models: chapter 2's loops without and with a cache give the s
   for (const std::string& name : {std::string("mha"), std::string("mla")}) {
     const fs::path dir = model_dir(name);
     INFO("model " << dir.string());
-    const auto m = std::make_shared<const Model>(load_model(dir.string()));
-    const nlohmann::json g = load_json_file((dir / "golden.json").string());
-    const std::vector<int> prompt = g.at("prompt_tokens").get<std::vector<int>>();
-    const std::vector<int> want = g.at("greedy_tokens").get<std::vector<int>>();
+    const Shipped sh = load_shipped(dir);
+    const auto& m = sh.model;
+    const std::vector<int>& prompt = sh.prompt;
+    const std::vector<int>& want = sh.greedy;
     const std::string path = paths_of(*m).back();
     DecoderNextToken slow(m, path), fast(m, path);
     const std::vector<int> a = ch02::loop_recompute(slow, prompt, want.size());

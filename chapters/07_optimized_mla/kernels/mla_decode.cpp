@@ -476,6 +476,18 @@ std::size_t part_size(std::size_t hb, std::size_t lat_stride) {
   return hb * lat_stride + 2 * hb;
 }
 
+// The items of head block `blk` of sequence b: its heads over the sequence's n_tiles tiles,
+// split into nc chunks (appended to `items` in chunk order).
+void push_block_items(std::vector<Item>& items, std::size_t b, std::size_t blk,
+                      const HeadBlocks& blocks, std::size_t H, std::size_t n_tiles,
+                      std::size_t nc) {
+  const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
+  for (std::size_t c = 0; c < nc; ++c) {
+    items.push_back({b, h0, nh, blocks.lanes, chunk_begin(n_tiles, c, nc),
+                     chunk_begin(n_tiles, c + 1, nc), nullptr});
+  }
+}
+
 // Head hh's partial result in an item's `part`.
 Partial partial_of(const Item& it, std::size_t hh, std::size_t lat_stride) {
   const float* p = it.part;
@@ -806,11 +818,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
     const std::size_t nc = std::max<std::size_t>(1, std::min(chunks, n_tiles));
     for (std::size_t blk = 0; blk < blocks.count; ++blk) {
       first_item.push_back(items.size());
-      const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
-      for (std::size_t c = 0; c < nc; ++c) {
-        items.push_back({b, h0, nh, blocks.lanes, chunk_begin(n_tiles, c, nc),
-                         chunk_begin(n_tiles, c + 1, nc), nullptr});
-      }
+      push_block_items(items, b, blk, blocks, H, n_tiles, nc);
     }
   }
   first_item.push_back(items.size());
@@ -1503,11 +1511,7 @@ void decode_shared(const SeqRef* seqs, const DecodeArgs& a) {
           units.push_back({b, items.size() + c, std::min(per_pass, blocks.count - blk), nc});
       }
       first_item.push_back(items.size());
-      const std::size_t h0 = blk * blocks.size, nh = std::min(blocks.size, H - h0);
-      for (std::size_t c = 0; c < nc; ++c) {
-        items.push_back({b, h0, nh, blocks.lanes, chunk_begin(n_tiles, c, nc),
-                         chunk_begin(n_tiles, c + 1, nc), nullptr});
-      }
+      push_block_items(items, b, blk, blocks, H, n_tiles, nc);
     }
   }
   first_item.push_back(items.size());
