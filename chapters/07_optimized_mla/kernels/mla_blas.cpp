@@ -20,9 +20,6 @@ void set_blas_threads(int threads) {
   if (openblas_set_num_threads) openblas_set_num_threads(std::max(threads, 1));
 }
 
-namespace {
-
-// x (n) <- softmax(x), max subtracted first; xsimd::exp on whole vectors, scalar tail.
 void softmax_row(float* x, std::size_t n) {
   using V = xsimd::batch<float>;
   constexpr std::size_t W = V::size;
@@ -41,8 +38,6 @@ void softmax_row(float* x, std::size_t n) {
   const float inv = 1.0f / sum;
   for (t = 0; t < n; ++t) x[t] *= inv;
 }
-
-}  // namespace
 
 void mla_decode_blas(const float* cache, std::size_t T, const DecodeArgs& a) {
   const std::size_t H = a.heads, d_c = a.d_c, d_r = a.d_r, D = d_c + d_r;

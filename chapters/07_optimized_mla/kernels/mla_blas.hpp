@@ -22,6 +22,10 @@ namespace mla::ch07 {
 /// (H·T floats written, read, written, read), which the fused kernels never do.
 void mla_decode_blas(const float* cache, std::size_t T, const DecodeArgs& a);
 
+/// x (n) <- softmax(x), the maximum subtracted first; SIMD exponentials. n >= 1. The softmax
+/// between the two products of the BLAS formulations (this decode, and chapter 7's prefill one).
+void softmax_row(float* x, std::size_t n);
+
 /// Set OpenBLAS's thread count if the BLAS in use is OpenBLAS (no-op otherwise).
 void set_blas_threads(int threads);
 

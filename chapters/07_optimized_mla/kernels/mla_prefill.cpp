@@ -433,19 +433,7 @@ void mha_prefill_blas(const MhaKv& kv, const float* q, std::size_t S, std::size_
     for (std::size_t i = 0; i < S; ++i) {
       float* row = P.data() + i * N;
       const std::size_t visible = start + i + 1;
-      float m = kNegInf;
-      for (std::size_t t = 0; t < visible; ++t) m = std::max(m, row[t]);
-      V vsum(0.0f);
-      std::size_t t = 0;
-      for (; t + W <= visible; t += W) {
-        const V e = xsimd::exp(V::load_unaligned(row + t) - V(m));
-        e.store_unaligned(row + t);
-        vsum += e;
-      }
-      float sum = xsimd::hadd(vsum);
-      for (; t < visible; ++t) sum += (row[t] = std::exp(row[t] - m));
-      const float inv = 1.0f / sum;
-      for (t = 0; t < visible; ++t) row[t] *= inv;
+      softmax_row(row, visible);
       std::fill(row + visible, row + N, 0.0f);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, iS, static_cast<int>(d.d_v), iN, 1.0f,
