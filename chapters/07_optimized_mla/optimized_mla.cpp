@@ -205,6 +205,14 @@ const std::vector<Kernel>& kernels() {
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v9(in.seqs_bf16.data(), in.args(out, th));
         });
+    mla("v10", "v5 + all of a few heads in registers at once (fewer than 8 heads)", true,
+        CacheType::F32, [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v10(in.seqs_f32.data(), in.args(out, th));
+        });
+    mla("v11", "v10 on a bf16 cache", true, CacheType::BF16,
+        [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v11(in.seqs_bf16.data(), in.args(out, th));
+        });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {
       Kernel e;

@@ -103,7 +103,7 @@ struct Kernel {
   void (*run_mha)(const MhaInputs&, float* out, int threads) = nullptr;
 };
 
-/// Every kernel, in menu order: v1..v9, mha_v1, mha_v2, blas.
+/// Every kernel, in menu order: v1..v11, mha_v1, mha_v2, blas.
 const std::vector<Kernel>& kernels();
 /// The kernel called `name`, or nullptr.
 const Kernel* find_kernel(const std::string& name);

@@ -85,7 +85,13 @@ void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a);
 /// v9: v8 on a bf16 cache (fewer than 8 heads: v6's per-head path). BF16 caches.
 void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
 
-/// The fastest version for the caches given: v5 for F32 caches, v6 for BF16, v7 for FP8 (all caches
+/// v10: v5 with a register-blocked path for fewer than 8 heads (all heads of an item in
+/// registers at once, instead of one pass per head). F32 caches.
+void mla_decode_v10(const SeqRef* seqs, const DecodeArgs& a);
+/// v11: v10's few-heads path on a bf16 cache (8 heads or more: v6). BF16 caches.
+void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a);
+
+/// The fastest version for the caches given: v10 for F32 caches, v11 for BF16, v7 for FP8 (all caches
 /// of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
