@@ -3,15 +3,18 @@
 // data/models/mha: exact at full rank, worse as the rank falls, non-MHA input refused.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "04_low_rank_latents/mha_to_mla.hpp"
+#include "07_optimized_mla/fast_latent_attention.hpp"
 #include "08_serving/mla_from_mha.hpp"
 #include "mla/errors.hpp"
 #include "mla/json.hpp"
@@ -175,6 +178,36 @@ TEST_CASE("mha_to_mla: the converted model's loss rises as the rank falls", "[ch
     last = bpb;
   }
   CHECK(last > mha + 0.01);  // rank 16 of 128 costs, visibly
+}
+
+TEST_CASE("mha_to_mla: the converted model on chapter 7's core gives the reference core's logits",
+          "[ch08]") {
+  auto base =
+      std::make_shared<const ch08::Model>(ch08::load_model((models_dir() / "mha").string()));
+  const std::vector<int> prompt = excerpt(48);
+  // RoPE on 4 directions of 5 pairs (a 40-float rope key read by every head), and no RoPE at all
+  // (d_r = 0): the fp32 tiled cache and its kernel against the plain loops, prefill then decode.
+  for (const ch04::MhaToMlaOptions& o :
+       {ch04::MhaToMlaOptions{64, 5, 4}, ch04::MhaToMlaOptions{32, 0, 1}}) {
+    INFO("r = " << o.rank << ", rope " << o.rope_pairs << ":" << o.rope_components);
+    auto m = std::make_shared<const ch08::MlaFromMhaModel>(ch08::convert_mha_model(base, o));
+    ch08::Decoder ref = ch08::converted_decoder(m);
+    ch08::Decoder fast = ch08::converted_decoder(m, ch07::fast_latent_attention_factory(1));
+    const std::pair<std::size_t, std::size_t> chunks[] = {{0, 40}, {40, 41}};  // [from, to)
+    for (const auto& [from, to] : chunks) {
+      const std::vector<int> chunk(prompt.begin() + from, prompt.begin() + to);
+      const Mat want = ref.forward(chunk), got = fast.forward(chunk);
+      REQUIRE(got.shape() == want.shape());
+      double worst = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        const double w = want.data()[i];
+        worst = std::max(worst, std::abs(got.data()[i] - w) / (1e-4 + 1e-4 * std::abs(w)));
+      }
+      INFO("tokens " << from << ".." << to
+                     << ": largest |error| / (1e-4 + 1e-4·|logit|) = " << worst);
+      CHECK(worst <= 1.0);
+    }
+  }
 }
 
 TEST_CASE("mha_to_mla: a model that is not MHA is refused, naming its attention", "[ch08]") {

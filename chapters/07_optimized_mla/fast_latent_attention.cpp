@@ -4,11 +4,11 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 #include "07_optimized_mla/latent_cache.hpp"
+#include "mla/parallel.hpp"
 
 namespace mla::ch07 {
 
@@ -18,10 +18,12 @@ class FastLatentAttention final : public ch06::LatentAttention {
  public:
   FastLatentAttention(std::size_t heads, std::size_t d_c, std::size_t d_r, CacheType type,
                       int threads)
-      : heads_(heads), d_c_(d_c), d_r_(d_r), cache_(d_c, d_r, type) {
+      : heads_(heads),
+        d_c_(d_c),
+        d_r_(d_r),
+        threads_(default_threads(threads)),
+        cache_(d_c, d_r, type) {
     if (heads == 0) throw std::invalid_argument("FastLatentAttention: heads must be > 0");
-    threads_ =
-        threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }
 
   // The layout work happens here, once per token: rows go into the tiled, padded cache.

@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <iostream>
 #include <map>
-#include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "07_optimized_mla/optimized_mla.hpp"
 #include "07_optimized_mla/runner.hpp"
+#include "mla/parallel.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
       "Chapter 7: the absorbed MLA decode step, version by version, against this machine's limits"};
   MlaProblem p;
   p.context = 2048;
-  int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int threads = default_threads();
   bool quick = false;
   std::uint64_t seed = kDefaultSeed;
   app.add_option("--heads", p.heads, "Query heads H")

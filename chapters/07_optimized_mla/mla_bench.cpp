@@ -11,7 +11,6 @@
 #include <iostream>
 #include <map>
 #include <sstream>
-#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -19,6 +18,7 @@
 #include "07_optimized_mla/optimized_mla.hpp"
 #include "07_optimized_mla/prefill_bench.hpp"
 #include "07_optimized_mla/runner.hpp"
+#include "mla/parallel.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -39,10 +39,6 @@ struct Options {
   std::string mode = "decode";  // or "prefill" (issue 13's prefill half)
   std::size_t chunk = 512;      // --mode prefill: S, the new tokens of the chunk
 };
-
-int hardware_threads() {
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
 
 // The kernels an --impl / --dtype pair selects, in menu order.
 std::vector<std::string> select(const Options& o, bool sweep) {
@@ -516,7 +512,7 @@ int main(int argc, char** argv) {
   add_seed_option(app, o.seed);
   if (int rc = parse_options(app, argc, argv); rc >= 0) return rc;
   return run_program("mla_bench", [&] {
-    const int hw = hardware_threads();
+    const int hw = default_threads();
     if (o.threads == 0) o.threads = hw;
     if (o.threads > 8 * hw) {
       throw InputError("--threads " + std::to_string(o.threads) +

@@ -4,25 +4,17 @@
 #include <ostream>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
+#include "mla/parallel.hpp"
 #include "mla/table.hpp"  // num
 
 namespace mla::ch07 {
 
-namespace {
-
-int resolve_threads(int threads) {
-  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
-
-}  // namespace
-
 PrefillLatentAttention::PrefillLatentAttention(std::size_t heads, std::size_t d_c, std::size_t d_r,
                                                int threads)
-    : heads_(heads), threads_(resolve_threads(threads)), cache_(d_c, d_r) {
+    : heads_(heads), threads_(default_threads(threads)), cache_(d_c, d_r) {
   if (heads == 0) throw std::invalid_argument("PrefillLatentAttention: heads must be > 0");
 }
 
@@ -51,7 +43,7 @@ PrefillMla::PrefillMla(const MlaConfig& cfg, std::shared_ptr<const ch06::MlaWeig
                        std::optional<PrefillRates> rates, std::ostream* log)
     : MlaLayer(cfg, std::move(w), batch),
       policy_(policy),
-      threads_(resolve_threads(threads)),
+      threads_(default_threads(threads)),
       rates_(rates),
       log_(log),
       up_(ch04::split_kv_up(w_->kv_b_proj, H_, d_nope_, d_v_)),

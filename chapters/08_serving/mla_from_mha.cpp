@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "05_absorption/absorption.hpp"
+#include "06_decoupled_rope/latent_attention.hpp"
 #include "06_decoupled_rope/rope.hpp"
 #include "mla/errors.hpp"
 #include "mla/safetensors_writer.hpp"
@@ -17,14 +19,26 @@ namespace mla::ch08 {
 
 namespace {
 
-/// One converted layer's attention over one sequence, caching the latent (T, r) and the shared
-/// rope key (T, d_r), attending in the absorbed form (the file comment of mla_from_mha.hpp).
+/// One converted layer's attention over one sequence, attending in the absorbed form (the file
+/// comment of mla_from_mha.hpp) with the three steps of ch06::absorbed_attention: chapter 5's
+/// query absorption, a chapter 6 LatentAttention core over the cached latent (T, r) and rope key
+/// (T, d_r), chapter 5's output expansion.
+///
+/// The core caches ONE rope key per token, shared by every head, which is exactly what the
+/// conversion makes even when RoPE stays on m > 1 directions across heads: mha_to_mla mixes the
+/// heads' pair-i components into m directions and stacks those m·n rotated 2-vectors into the
+/// one key k^R (d_r = 2·m·n), each head reading all of it with its own rope query q^R_h (zero
+/// where head h does not load a direction). So the rope units need no per-head key; only their
+/// frequencies differ from DeepSeek's (each unit rotates with its MHA pair's frequency, applied
+/// here before the core sees the keys, as chapter 6's layer does).
 class ConvertedAttention final : public SequenceAttention {
  public:
-  ConvertedAttention(std::shared_ptr<const MlaFromMhaModel> m, std::size_t layer)
+  ConvertedAttention(std::shared_ptr<const MlaFromMhaModel> m, std::size_t layer,
+                     const ch06::LatentAttentionFactory& core)
       : m_(std::move(m)),
         w_(m_->layers.at(layer)),
-        o_proj_(m_->base->weights.layers[layer].gqa.o_proj) {
+        o_proj_(m_->base->weights.layers[layer].gqa.o_proj),
+        core_(core(w_.heads, w_.rank, w_.rope_dim())) {
     if (w_.units() > 0) {
       std::vector<float> f;
       for (std::size_t p : w_.rope_pair) f.push_back(m_->rope_frequencies.at(p));
@@ -34,8 +48,8 @@ class ConvertedAttention final : public SequenceAttention {
 
   Mat forward(const Mat& x) override {
     const std::size_t S = x.shape(0), H = w_.heads, d = w_.head_dim, r = w_.rank;
-    const std::size_t dr = w_.rope_dim(), start = T_;
-    const Mat q = linear(x, w_.W_q);    // (S, H·d): no-RoPE queries
+    const std::size_t dr = w_.rope_dim(), start = core_->size();
+    Mat q = linear(x, w_.W_q);          // (S, H·d): no-RoPE queries
     Mat qr = linear(x, w_.W_qr);        // (S, H·d_r): each head's rope query
     const Mat c = linear(x, w_.W_dkv);  // (S, r): the latent, cached
     Mat kr = linear(x, w_.W_kr);        // (S, d_r): the shared rope key, cached
@@ -45,52 +59,19 @@ class ConvertedAttention final : public SequenceAttention {
         rope_->rotate(kr.data() + s * dr, 1, dr, start + s);
       }
     }
-    C_.insert(C_.end(), c.begin(), c.end());
-    KR_.insert(KR_.end(), kr.begin(), kr.end());
-    T_ += S;
-    // Absorbed queries q̃_h = W^UK_hᵀ·q_h: (S, H·r).
-    Mat ql = xt::zeros<float>({S, H * r});
-    for (std::size_t s = 0; s < S; ++s) {
-      for (std::size_t h = 0; h < H; ++h) {
-        float* out = ql.data() + s * H * r + h * r;
-        for (std::size_t i = 0; i < d; ++i) {
-          const float qi = q(s, h * d + i);
-          const float* row = w_.W_uk.data() + (h * d + i) * r;
-          for (std::size_t k = 0; k < r; ++k) out[k] += qi * row[k];
-        }
-      }
-    }
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));  // the MHA model's
-    Mat o = xt::zeros<float>({S, H * d});
-    std::vector<float> p(T_), olat(r);
-    for (std::size_t s = 0; s < S; ++s) {
-      const std::size_t visible = start + s + 1;  // causal
-      for (std::size_t h = 0; h < H; ++h) {
-        const float* qh = ql.data() + s * H * r + h * r;
-        const float* qrh = qr.data() + s * H * dr + h * dr;
-        for (std::size_t t = 0; t < visible; ++t) {
-          const float* ct = C_.data() + t * r;
-          const float* krt = KR_.data() + t * dr;
-          float dot = 0;
-          for (std::size_t k = 0; k < r; ++k) dot += qh[k] * ct[k];
-          for (std::size_t k = 0; k < dr; ++k) dot += qrh[k] * krt[k];
-          p[t] = scale * dot;
-        }
-        softmax(p.data(), visible);
-        std::fill(olat.begin(), olat.end(), 0.0f);
-        for (std::size_t t = 0; t < visible; ++t) {
-          const float* ct = C_.data() + t * r;
-          for (std::size_t k = 0; k < r; ++k) olat[k] += p[t] * ct[k];
-        }
-        float* oh = o.data() + s * H * d + h * d;  // o_h = W^UV_h · Σ_t p_t c_t
-        for (std::size_t i = 0; i < d; ++i) {
-          const float* row = w_.W_uv.data() + (h * d + i) * r;
-          float acc = 0;
-          for (std::size_t k = 0; k < r; ++k) acc += row[k] * olat[k];
-          oh[i] = acc;
-        }
-      }
-    }
+    // Chapter 5's absorption q̃_h = W^UK_hᵀ·q_h: (S·H, d) -> (S·H, r), the same memory as
+    // (S, H, r).
+    q.reshape({S * H, d});
+    const Mat q_lat = ch05::absorb_query(q, w_.W_uk, H);
+    // The core: scores q̃_h·c_t + q^R_h·k^R_t over the visible tokens, softmax with the MHA
+    // model's own scale 1/√d_h, weighted sum of the latents: (S, H, r).
+    core_->append(c.data(), kr.data(), S);
+    Mat o_lat = xt::empty<float>({S * H, r});
+    core_->attend(q_lat.data(), qr.data(), S, start, 1.0f / std::sqrt(static_cast<float>(d)),
+                  o_lat.data());
+    // Chapter 5's expansion o_h = W^UV_h·Σ_t p_t c_t: (S·H, r) -> (S·H, d), which is (S, H·d).
+    Mat o = ch05::expand_output(o_lat, w_.W_uv, H);
+    o.reshape({S, H * d});
     return linear(o, o_proj_);
   }
 
@@ -98,9 +79,8 @@ class ConvertedAttention final : public SequenceAttention {
   std::shared_ptr<const MlaFromMhaModel> m_;  // keeps the weights below alive
   const ch04::MlaFromMha& w_;
   const Mat& o_proj_;
-  std::optional<HalfRope> rope_;  // none when no unit keeps RoPE
-  std::vector<float> C_, KR_;     // (T, r), (T, d_r)
-  std::size_t T_ = 0;
+  std::unique_ptr<ch06::LatentAttention> core_;  // this sequence's cache: (T, r) + (T, d_r)
+  std::optional<HalfRope> rope_;                 // none when no unit keeps RoPE
 };
 
 }  // namespace
@@ -195,10 +175,11 @@ MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::Mh
   return out;
 }
 
-Decoder converted_decoder(const std::shared_ptr<const MlaFromMhaModel>& m) {
+Decoder converted_decoder(const std::shared_ptr<const MlaFromMhaModel>& m,
+                          const ch06::LatentAttentionFactory& core) {
   std::vector<std::unique_ptr<SequenceAttention>> attn;
   for (std::size_t i = 0; i < m->layers.size(); ++i) {
-    attn.push_back(std::make_unique<ConvertedAttention>(m, i));
+    attn.push_back(std::make_unique<ConvertedAttention>(m, i, core));
   }
   return Decoder(m->base, std::move(attn));
 }

@@ -3,7 +3,8 @@
 ///        layer), run as a whole model, scored in bits per byte, and saved for a fine-tune.
 ///
 /// Each converted layer caches, per token, the latent c = W^DKV·x (r floats) and the one rope
-/// key shared by all heads (d_r floats), and attends in the absorbed form (chapter 5): head h's
+/// key shared by all heads (d_r floats), and attends in the absorbed form (chapter 5, on chapter
+/// 6's LatentAttention core, as ch06::absorbed_attention does): head h's
 /// no-RoPE query q_h is moved into the latent space once, q̃_h = W^UK_hᵀ·q_h (r), so that
 ///
 ///     score_h(s, t) = (q̃_h(s)·c(t) + R_s q^R_h(s) · R_t k^R(t)) / √d_h
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "04_low_rank_latents/mha_to_mla.hpp"
+#include "06_decoupled_rope/latent_attention.hpp"
 #include "08_serving/decoder.hpp"
 #include "08_serving/model.hpp"
 
@@ -54,8 +56,13 @@ std::vector<Mat> attention_input_moments(const Model& m, const std::vector<int>&
 MlaFromMhaModel convert_mha_model(std::shared_ptr<const Model> m, const ch04::MhaToMlaOptions& o,
                                   const std::vector<Mat>& moments = {});
 
-/// A decoder running the converted model (one sequence, its latent caches).
-Decoder converted_decoder(const std::shared_ptr<const MlaFromMhaModel>& m);
+/// A decoder running the converted model (one sequence): each layer's absorbed attention on a
+/// chapter 6 LatentAttention core from `core` (heads H, d_c = r, d_r), which owns that layer's
+/// cache. The reference core by default; chapter 7's cores (ch07::latent_attention_factory) run
+/// it on the optimized kernels, as the "fast" paths of an MLA model's Decoder do.
+Decoder converted_decoder(
+    const std::shared_ptr<const MlaFromMhaModel>& m,
+    const ch06::LatentAttentionFactory& core = ch06::make_reference_latent_attention);
 
 /// Mean cross-entropy in bits per byte of next-byte prediction over non-overlapping windows of
 /// `window` + 1 bytes of `text` (window j predicts bytes j·window + 1 .. (j + 1)·window from the

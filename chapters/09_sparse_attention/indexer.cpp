@@ -5,7 +5,6 @@
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
-#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -13,6 +12,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "mla/fp8.hpp"
+#include "mla/parallel.hpp"
 #include "mla/rows.hpp"  // shape_str
 
 namespace mla::ch09 {
@@ -343,7 +343,7 @@ void index_keys(const float* K, std::size_t DI, const float* qt, std::size_t HP,
 
 void indexer_scores_fast(const float* K, std::size_t T, std::size_t DI, const float* Q,
                          std::size_t HI, const float* coef, float* out, int threads) {
-  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  threads = default_threads(threads);
   const std::size_t HP = (HI + W - 1) / W * W;
   std::vector<float, xsimd::aligned_allocator<float, 64>> qt(DI * HP, 0.0f), cf(HP, 0.0f);
   for (std::size_t h = 0; h < HI; ++h) {

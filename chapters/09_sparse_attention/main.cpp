@@ -13,7 +13,6 @@
 #include <iostream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -23,6 +22,7 @@
 #include "09_sparse_attention/sparse_decode.hpp"
 #include "mla/bench.hpp"
 #include "mla/environment.hpp"
+#include "mla/parallel.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -269,7 +269,7 @@ int main(int argc, char** argv) {
       "tokens per query; MLA attends to those only"};
   std::string golden = data_dir() + "/golden/dsa/dsa_tiny";
   std::size_t heads = 128, topk = 2048, context_max = 32768;
-  int threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int threads = default_threads();
   std::size_t runs = 5;
   bool quick = false, no_timing = false;
   std::uint64_t seed = kDefaultSeed;

@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <numeric>
 #include <stdexcept>
-#include <thread>
 #include <vector>
+
+#include "mla/parallel.hpp"
 
 namespace mla::ch09 {
 
@@ -94,7 +95,7 @@ class FastSparseAttention final : public ch06::LatentAttention {
 }  // namespace
 
 SparseCoreFactory fast_sparse_cores(int threads) {
-  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  threads = default_threads(threads);
   return [threads](std::size_t heads, std::size_t d_c, std::size_t d_r,
                    std::shared_ptr<const Selection> sel,
                    std::size_t seq) -> std::unique_ptr<ch06::LatentAttention> {

@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
-#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -29,6 +28,7 @@
 #include "09_sparse_attention/sparse_decode.hpp"
 #include "mla/bench.hpp"
 #include "mla/compare.hpp"
+#include "mla/parallel.hpp"
 #include "mla/program.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -104,8 +104,7 @@ int main(int argc, char** argv) {
       o.context = 4096;
       o.topk = 512;
     }
-    if (o.threads <= 0)
-      o.threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    o.threads = default_threads(o.threads);
     const std::size_t T = o.context, H = o.heads, K = std::min(o.topk, T);
     const std::size_t HI = o.index_heads, DI = o.index_dim, d_c = o.d_c, d_r = o.d_r;
     check_memory(4.0 * T * (d_c + d_r + 16 + DI + HI), "--context x (d_c + d_r + index dims)");

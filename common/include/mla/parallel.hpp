@@ -1,6 +1,6 @@
 #pragma once
 /// @file parallel.hpp
-/// @brief An OpenMP loop that lets exceptions out.
+/// @brief An OpenMP loop that lets exceptions out, and what a `threads` option of 0 means.
 ///
 /// An exception that leaves an OpenMP parallel region calls std::terminate (OpenMP 5.2, §2.1:
 /// a structured block must be exited only at its end), so a kernel that throws from a worker —
@@ -8,12 +8,22 @@
 /// loop below catches what a body throws, lets the other iterations finish, and rethrows the
 /// first exception on the calling thread once the team has joined.
 
+#include <algorithm>
 #include <exception>
+#include <thread>
 
 namespace mla {
 
 /// @addtogroup core
 /// @{
+
+/// The thread count a `threads` setting asks for: `threads` itself when positive, else (0, the
+/// default of every `--threads` option and kernel argument, or negative) every hardware thread —
+/// at least 1, since std::thread::hardware_concurrency() returns 0 when it cannot tell.
+/// `default_threads()` alone is "all cores".
+inline int default_threads(int threads = 0) {
+  return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
 /// Run `body(i)` for i in [0, n) on `threads` OpenMP threads (dynamic schedule, one iteration
 /// at a time: the iterations of our kernels are uneven). With `threads <= 1` it runs inline.
