@@ -37,6 +37,10 @@
 //           while the tile is in L2; one group of heads meets every token of a tile before the
 //           next group's queries load. (Measured: no faster than v5 on a Zen 4; see its section.)
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
+// version 10 is v5 whose path for fewer than 8 heads keeps all the heads of an item in registers
+//           at once (scores: tokens × heads filling the register file, summed across lanes by one
+//           transpose-and-add; weighted sum: heads × latent columns, stored once per tile) and
+//           prefetches the next tile. Version 11 is the same on a bf16 cache (else v6).
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
