@@ -1,4 +1,4 @@
-# Caption: Chapter 7: the decode goals' map: % of this machine's limit (the FMA peak where the step is compute-bound, the read bandwidth where it is memory-bound: H ≤ 4) per shape, for the fp32 kernels (v5, v8) and the bf16 ones (v6, v9), on the most threads measured; one row per kernel, heads and batch, one column per context length; the goal is ≥ 85% everywhere (green)
+# Caption: Chapter 7: the decode goals' map: % of this machine's limit (the FMA peak where the step is compute-bound, the read bandwidth where it is memory-bound: H ≤ 4) per shape, for each cache type's kernels (fp32 v5 and v10, bf16 v6 and v11, FP8 v7), on the most threads measured; one row per kernel, heads and batch, one column per context length; the goal is ≥ 85% everywhere (green)
 # Data: ch07_sweep.csv (mla_bench --sweep): impl, dtype, batch, heads, context, threads, ms, gflops, gbps, bound, pct_peak; rows "peak" hold the machine's limits
 load "style.gp"
 data = datadir."/ch07_sweep.csv"
@@ -6,7 +6,11 @@ data = datadir."/ch07_sweep.csv"
 # Only the fast kernels, on the most threads measured.
 stats data using (strcol("impl") eq "peak" ? column("threads") : NaN) name "TH" nooutput
 max_threads = TH_max
-impl_row(s) = s eq "v5" ? 0 : s eq "v8" ? 1 : s eq "v6" ? 2 : s eq "v9" ? 3 : -1
+# The kernels shown, one block of rows each, in this order (with their cache types).
+kernels = "v5 v10 v6 v11 v7"
+dtypes = "f32 f32 bf16 bf16 fp8"
+n_k = words(kernels)
+impl_row(s) = (sum [i = 1 : n_k] (word(kernels, i) eq s ? i : 0)) - 1
 # The head counts the sweep measured (--quick measures fewer): a row each, in this order.
 heads = "1 4 16 32 64 128"
 array slot[6]
@@ -21,8 +25,8 @@ head_row(h) = h == 1 ? slot[1] : h == 4 ? slot[2] : h == 16 ? slot[3] : h == 32 
               h == 64 ? slot[5] : h == 128 ? slot[6] : -1
 keep(dummy) = impl_row(strcol("impl")) >= 0 && column("threads") == max_threads && \
               head_row(column("heads")) >= 0
-# Row: batch, then kernel, then heads (n_heads rows per kernel, 4 kernels per batch).
-row(dummy) = keep(0) ? (column("batch") > 1 ? 4 * n_heads : 0) + \
+# Row: batch, then kernel, then heads (n_heads rows per kernel, n_k kernels per batch).
+row(dummy) = keep(0) ? (column("batch") > 1 ? n_k * n_heads : 0) + \
                        n_heads * impl_row(strcol("impl")) + head_row(column("heads")) : NaN
 # Columns: the context lengths measured, in order (2^10 .. 2^16 tokens).
 array cslot[7]
@@ -48,11 +52,9 @@ do for [e = 10 : 16] {
   if (cslot[e - 9] >= 0) { set xtics add (sprintf("%dK", 2**e / 1024) cslot[e - 9]) }
 }
 set ytics 1 format "" font ",9"
-kernels = "v5 v8 v6 v9"
-dtypes = "f32 f32 bf16 bf16"
 do for [r = int(R_min) : int(R_max)] {
-  b = r >= 4 * n_heads ? 4 : 1
-  k = (r % (4 * n_heads)) / n_heads + 1
+  b = r >= n_k * n_heads ? 4 : 1
+  k = (r % (n_k * n_heads)) / n_heads + 1
   h = r % n_heads + 1
   set ytics add (sprintf("%s %s H=%s B=%d", word(kernels, k), word(dtypes, k), word(shown, h), b) r)
 }
