@@ -205,6 +205,10 @@ const std::vector<Kernel>& kernels() {
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v9(in.seqs_bf16.data(), in.args(out, th));
         });
+    mla("v12", "v6 without the widened tile: bf16 pairs widened in the micro-kernels", true,
+        CacheType::BF16, [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v12(in.seqs_bf16.data(), in.args(out, th));
+        });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {
       Kernel e;

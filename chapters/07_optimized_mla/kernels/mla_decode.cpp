@@ -377,26 +377,47 @@ constexpr std::size_t kTokGroup = 12 / kHeadVecs<G>;
 template <std::size_t G>
 constexpr std::size_t kColGroup = 12 / kHeadVecs<G>;
 
+// What a micro-kernel broadcasts: cached numbers, read one load at a time. A float tile gives
+// one number a load (folded into the FMA as a broadcast operand); v12 reads a bf16 tile as it
+// lies, two numbers a 32-bit load, widened in registers (defined in v12's section).
+template <class Elem>
+constexpr std::size_t kPerLoad = sizeof(float) / sizeof(Elem);
+// Number E of the load at p, as a float in every lane.
+template <std::size_t E>
+inline V broadcast_cached(const float* p) {
+  return V(p[E]);
+}
+template <std::size_t E>
+inline V broadcast_cached(const std::uint16_t* p);
+
 // Scores of NT tokens for one group of G heads, the hot spot of the step (with pv_micro below).
 //   qp: (K, ldq) packed queries, heads in lanes (this group's heads at qp[k·ldq .. +G))
-//   c:  NT cache rows of ldc floats;  s: (NT, lds) scores out, heads in lanes.
+//   c:  NT cache rows of ldc numbers (float, or bf16 for v12);  s: (NT, lds) scores out, heads
+//   in lanes.
 // AVX2: 12 accumulators + 2 query vectors + 1 broadcast = 15 of 16 registers; per k: 2 loads,
 // 6 broadcasts, 12 FMAs. AVX-512: 1 query load and 12 broadcasts per 12 FMAs (16 heads) or 2
 // loads and 6 broadcasts (32 heads). Either way the FMA units, not the loads, set the pace.
-template <int NT, std::size_t G>
-inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::size_t ldc,
+// A bf16 row is read a pair of numbers (k, k+1) at a time: the k loop steps by kPerLoad and
+// the pair's two numbers run one after the other, in the order of the float version.
+template <int NT, std::size_t G, class Elem>
+inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::size_t ldc,
                          std::size_t K, float* s, std::size_t lds) {
-  constexpr std::size_t VH = kHeadVecs<G>;
+  constexpr std::size_t VH = kHeadVecs<G>, P = kPerLoad<Elem>;
   V acc[NT][VH];
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V(0.0f);
-  for (std::size_t k = 0; k < K; ++k) {
+  auto number = [&](auto e, std::size_t k) {  // k + e: one number of every row
+    constexpr std::size_t E = decltype(e)::value;
     V q[VH];
-    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + k * ldq + v * W);
+    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + (k + E) * ldq + v * W);
     for (int i = 0; i < NT; ++i) {
-      const V ci(c[i * ldc + k]);
+      const V ci = broadcast_cached<E>(c + i * ldc + k);
       for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, q[v], acc[i][v]);
     }
+  };
+  for (std::size_t k = 0; k < K; k += P) {
+    number(std::integral_constant<std::size_t, 0>{}, k);
+    if constexpr (P == 2) number(std::integral_constant<std::size_t, 1>{}, k);
   }
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(s + i * lds + v * W);
@@ -405,12 +426,16 @@ inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::
 // Weighted sum of nt tokens into NJ latent columns for one group of G heads, with the
 // online-softmax rescale folded into the load of the accumulators.
 //   ot: (NJ, ldo) output accumulators, transposed (column j, heads in lanes)
-//   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc floats (this column group)
+//   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc numbers (this column group)
 //   alpha: (G) rescale factors of these heads
-template <int NJ, std::size_t G>
-inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const float* c,
+// From a bf16 row the columns come in pairs (j, j+1), one 32-bit load each (NJ is even there:
+// lat_stride is a multiple of 16, kColGroup 12 or 6).
+template <int NJ, std::size_t G, class Elem>
+inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const Elem* c,
                      std::size_t ldc, std::size_t nt, const float* alpha) {
   constexpr std::size_t VH = kHeadVecs<G>;
+  constexpr int P = static_cast<int>(kPerLoad<Elem>);
+  static_assert(NJ % P == 0, "whole pairs of bf16 columns");
   V al[VH], acc[NJ][VH];
   for (std::size_t v = 0; v < VH; ++v) al[v] = V::load_aligned(alpha + v * W);
   for (int i = 0; i < NJ; ++i)
@@ -418,17 +443,22 @@ inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp
   for (std::size_t t = 0; t < nt; ++t) {
     V pt[VH];
     for (std::size_t v = 0; v < VH; ++v) pt[v] = V::load_aligned(p + t * ldp + v * W);
-    for (int i = 0; i < NJ; ++i) {
-      const V ci(c[t * ldc + i]);
-      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, pt[v], acc[i][v]);
+    for (int i = 0; i < NJ; i += P) {
+      const Elem* ct = c + t * ldc + i;
+      const V c0 = broadcast_cached<0>(ct);
+      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(c0, pt[v], acc[i][v]);
+      if constexpr (P == 2) {
+        const V c1 = broadcast_cached<1>(ct);
+        for (std::size_t v = 0; v < VH; ++v) acc[i + 1][v] = xsimd::fma(c1, pt[v], acc[i + 1][v]);
+      }
     }
   }
   for (int i = 0; i < NJ; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(ot + i * ldo + v * W);
 }
 
-template <int N, std::size_t G>
-void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const float* c,
+template <int N, std::size_t G, class Elem>
+void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const Elem* c,
                      std::size_t ldc, std::size_t K, float* s, std::size_t lds) {
   if constexpr (N > 0) {
     if (n == N) return scores_micro<N, G>(qp, ldq, c, ldc, K, s, lds);
@@ -436,11 +466,14 @@ void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const floa
   }
 }
 
-template <int N, std::size_t G>
+// n columns: a whole number of pairs for a bf16 tile (see pv_micro), so only those are built.
+template <int N, std::size_t G, class Elem>
 void pv_dispatch(std::size_t n, float* ot, std::size_t ldo, const float* p, std::size_t ldp,
-                 const float* c, std::size_t ldc, std::size_t nt, const float* alpha) {
+                 const Elem* c, std::size_t ldc, std::size_t nt, const float* alpha) {
   if constexpr (N > 0) {
-    if (n == N) return pv_micro<N, G>(ot, ldo, p, ldp, c, ldc, nt, alpha);
+    if constexpr (N % kPerLoad<Elem> == 0) {
+      if (n == N) return pv_micro<N, G>(ot, ldo, p, ldp, c, ldc, nt, alpha);
+    }
     pv_dispatch<N - 1, G>(n, ot, ldo, p, ldp, c, ldc, nt, alpha);
   }
 }
@@ -517,6 +550,15 @@ RowView<const float> float_tile<float>(const LatentCache& c, std::size_t i, std:
   return cache_tile<float>(c, i, nt);
 }
 
+// How the head-blocked path sees tile i of a cache (its first nt rows): v4 to v7 as floats
+// (float_tile); v12 as the cache holds it (its own policy, in its section).
+struct FloatTiles {
+  template <class Elem>
+  static RowView<const float> view(const LatentCache& c, std::size_t i, std::size_t nt) {
+    return float_tile<Elem>(c, i, nt);
+  }
+};
+
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
 // (rows, G) panel, so every micro-kernel streams contiguous memory with a compile-time stride,
 // which the hardware prefetcher follows best.
@@ -555,9 +597,10 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
   std::fill(ws.l.begin(), ws.l.begin() + hb, 0.0f);
 }
 
-// One tile (nt, stride) as floats for one head block of hb lanes in groups of G heads.
-template <std::size_t G, bool GroupsOuter = false>
-void block_tile(BlockScratch& ws, RowView<const float> tile, std::size_t hb, std::size_t lat) {
+// One tile (nt, stride) for one head block of hb lanes in groups of G heads: floats (v4 to v9),
+// or the bf16 numbers as cached (v12).
+template <std::size_t G, bool GroupsOuter = false, class Elem>
+void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat) {
   constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
   const std::size_t nt = tile.rows(), stride = tile.cols(), groups = hb / G;
   // qp: (groups, stride, G), S: (groups, kTile, G), Ot: (groups, lat, G); m, l, alpha: (hb).
@@ -630,27 +673,28 @@ void block_end(const BlockScratch& ws, const Item& it, std::size_t G, std::size_
   std::copy(ws.l.begin(), ws.l.begin() + hb, po + hb * lat + hb);
 }
 
-// One head block against a range of tiles (an Item), in groups of G heads.
-template <class Elem, std::size_t G>
+// One head block against a range of tiles (an Item), in groups of G heads, each tile seen as
+// the policy Tiles hands it over.
+template <class Elem, std::size_t G, class Tiles>
 void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                     const Item& it) {
   const std::size_t lat = cache.lat_stride();
   BlockScratch& ws = block_scratch();
   block_begin(ws, a, it, G, lat, cache.stride());
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    block_tile<G>(ws, float_tile<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat);
+    block_tile<G>(ws, Tiles::template view<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat);
   }
   block_end(ws, it, G, lat);
 }
 
 // An item of a head-blocked step, in the groups the blocking chose.
-template <class Elem>
+template <class Elem, class Tiles = FloatTiles>
 void run_blocked_item(const HeadBlocks& blocks, const LatentCache& cache, std::size_t length,
                       const DecodeArgs& a, const Item& it) {
   if (blocks.wide) {
-    run_head_block<Elem, kWideGroup>(cache, length, a, it);
+    run_head_block<Elem, kWideGroup, Tiles>(cache, length, a, it);
   } else {
-    run_head_block<Elem, kNarrowGroup>(cache, length, a, it);
+    run_head_block<Elem, kNarrowGroup, Tiles>(cache, length, a, it);
   }
 }
 
@@ -793,8 +837,9 @@ void combine(const std::vector<Item>& items, const std::vector<std::size_t>& fir
 bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it);
 
-// The driver of v5 and v6: cut the step into items, run them on a.threads threads, combine.
-template <class Elem>
+// The driver of v5, v6 and v12: cut the step into items, run them on a.threads threads,
+// combine. Tiles: how the head-blocked path sees a tile (FloatTiles, or v12's bf16 as cached).
+template <class Elem, class Tiles = FloatTiles>
 void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   const std::size_t B = a.batch, H = a.heads;
   if (B == 0) return;
@@ -835,7 +880,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
       }
       run_heads_per_tile<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
     } else {
-      run_blocked_item<Elem>(blocks, *seqs[it.b].cache, seqs[it.b].length, a, it);
+      run_blocked_item<Elem, Tiles>(blocks, *seqs[it.b].cache, seqs[it.b].length, a, it);
     }
   });
   combine(items, first_item, lat, a, threads);
@@ -1553,6 +1598,52 @@ void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a) {
 void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::BF16);
   decode_shared<std::uint16_t>(seqs, a);
+}
+
+// ============================================================================================
+// version 12: v6 without the widened tile
+// ============================================================================================
+// v6's head-blocked path widens each bf16 tile into a float copy (64 × 576 numbers, 147 KiB)
+// before its micro-kernels read it: a pass that writes twice the bytes it reads, and a copy that
+// lives in L2, not L1. v12 hands the micro-kernels the bf16 tile as cached. Their broadcast
+// operand, one cached number per FMA (or per 2 FMAs: 32 heads), becomes one 32-bit load per
+// pair of numbers, widened in registers: the high number by a mask, the low one by a shift,
+// each one vector instruction with the load folded in. The sums are v6's, in v6's order: the
+// outputs are the same to the bit.
+// Fewer than 8 heads run v6's per-head path unchanged.
+
+namespace {
+
+// Number E of the bf16 pair at p (p[0], p[1]; x86 is little-endian: p[0] is the low half of
+// the 32-bit word), in every lane: bf16 is a float's upper 16 bits, so p[1] is the word with its
+// low half cleared and p[0] the word shifted up by 16.
+template <std::size_t E>
+inline V broadcast_cached(const std::uint16_t* p) {
+  static_assert(E < 2, "a 32-bit load holds two bf16 numbers");
+  using U = xsimd::batch<std::uint32_t>;
+  std::uint32_t word;
+  std::memcpy(&word, p, sizeof word);
+  const U u(word);
+  if constexpr (E == 0) {
+    return xsimd::bitwise_cast<V>(u << 16);
+  } else {
+    return xsimd::bitwise_cast<V>(u & U(0xFFFF0000u));
+  }
+}
+
+// v12's tiles: the cache's own numbers.
+struct CachedTiles {
+  template <class Elem>
+  static RowView<const Elem> view(const LatentCache& c, std::size_t i, std::size_t nt) {
+    return cache_tile<Elem>(c, i, nt);
+  }
+};
+
+}  // namespace
+
+void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::BF16);
+  decode_split<std::uint16_t, CachedTiles>(seqs, a);
 }
 
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {

@@ -85,6 +85,11 @@ void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a);
 /// v9: v8 on a bf16 cache (fewer than 8 heads: v6's per-head path). BF16 caches.
 void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
 
+/// v12: v6 without the widened tile: 8 heads or more, the micro-kernels read the bf16 tile as
+/// cached, a pair of numbers per 32-bit load widened in registers (fewer than 8 heads: v6's
+/// per-head path). Same outputs as v6. BF16 caches.
+void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a);
+
 /// The fastest version for the caches given: v5 for F32 caches, v6 for BF16, v7 for FP8 (all caches
 /// of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
