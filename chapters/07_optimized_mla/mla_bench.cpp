@@ -63,8 +63,8 @@ std::vector<std::string> select(const Options& o, bool sweep) {
       // The sweep times what matters per configuration: the reference where cheap, the fast
       // fp32 and bf16 kernels (v5/v6 and their successors v8/v9), and, without --quick, the BLAS
       // peer and the MHA baseline.
-      const bool fast = k.name == "v5" || k.name == "v6" || k.name == "v8" || k.name == "v9" ||
-                        k.name == "v12";
+      const bool fast =
+          k.name == "v5" || k.name == "v6" || k.name == "v8" || k.name == "v9" || k.name == "v12";
       const bool peers = !o.quick && (k.name == "blas" || k.name == "mha_v2");
       if (sweep && k.name != "v1" && !fast && !peers) continue;
       names.push_back(k.name);

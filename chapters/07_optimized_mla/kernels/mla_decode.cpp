@@ -37,10 +37,14 @@
 //           while the tile is in L2; one group of heads meets every token of a tile before the
 //           next group's queries load. (Measured: no faster than v5 on a Zen 4; see its section.)
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
+// version 12 is v6 without the widened tile: the head-blocked micro-kernels read the bf16 tile
+//           as cached, a pair of numbers per 32-bit load widened in registers, and the next tile
+//           is prefetched while this one is scored. As fast as v5 (fp32) or faster on a Zen 4.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
-// widened tile) and of the per-head scores, in its own section.
+// widened tile) and of the per-head scores, in its own section; v12 the bf16 version of the
+// micro-kernels' broadcast (a pair of numbers per load), in its own.
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 
@@ -550,13 +554,15 @@ RowView<const float> float_tile<float>(const LatentCache& c, std::size_t i, std:
   return cache_tile<float>(c, i, nt);
 }
 
-// How the head-blocked path sees tile i of a cache (its first nt rows): v4 to v7 as floats
-// (float_tile); v12 as the cache holds it (its own policy, in its section).
+// How the head-blocked path sees tile i of a cache (its first nt rows), and which tile it asks
+// for ahead (`next`: the tile's bytes, or nullptr for none): v4 to v7 as floats (float_tile),
+// nothing ahead; v12 as the cache holds it, the next tile ahead (its own policy, in its section).
 struct FloatTiles {
   template <class Elem>
   static RowView<const float> view(const LatentCache& c, std::size_t i, std::size_t nt) {
     return float_tile<Elem>(c, i, nt);
   }
+  static const char* next(const LatentCache&, std::size_t) { return nullptr; }
 };
 
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
@@ -600,7 +606,9 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
 // One tile (nt, stride) for one head block of hb lanes in groups of G heads: floats (v4 to v9),
 // or the bf16 numbers as cached (v12).
 template <std::size_t G, bool GroupsOuter = false, class Elem>
-void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat) {
+// next: a tile (next_bytes bytes) to prefetch into L2 during the scores, or nullptr.
+void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat,
+                const char* next = nullptr, std::size_t next_bytes = 0) {
   constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
   const std::size_t nt = tile.rows(), stride = tile.cols(), groups = hb / G;
   // qp: (groups, stride, G), S: (groups, kTile, G), Ot: (groups, lat, G); m, l, alpha: (hb).
@@ -615,6 +623,10 @@ void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std:
   if constexpr (!GroupsOuter) {
     for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
       const std::size_t n = std::min(kTok, nt - t0);
+      if (next) {  // this group's share of the next tile: spread, not all at once
+        for (std::size_t b = t0 * next_bytes / nt; b < (t0 + n) * next_bytes / nt; b += 64)
+          __builtin_prefetch(next + b, 0, 2);
+      }
       for (std::size_t g = 0; g < groups; ++g) {
         scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile.row(t0), stride, stride,
                                  S + (g * kTile + t0) * G, G);
@@ -682,7 +694,9 @@ void run_head_block(const LatentCache& cache, std::size_t length, const DecodeAr
   BlockScratch& ws = block_scratch();
   block_begin(ws, a, it, G, lat, cache.stride());
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    block_tile<G>(ws, Tiles::template view<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat);
+    const char* next = i + 1 < it.tile_end ? Tiles::next(cache, i + 1) : nullptr;
+    block_tile<G>(ws, Tiles::template view<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat,
+                  next, cache.tile_bytes());
   }
   block_end(ws, it, G, lat);
 }
@@ -1604,19 +1618,48 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 // version 12: v6 without the widened tile
 // ============================================================================================
 // v6's head-blocked path widens each bf16 tile into a float copy (64 × 576 numbers, 147 KiB)
-// before its micro-kernels read it: a pass that writes twice the bytes it reads, and a copy that
-// lives in L2, not L1. v12 hands the micro-kernels the bf16 tile as cached. Their broadcast
-// operand, one cached number per FMA (or per 2 FMAs: 32 heads), becomes one 32-bit load per
-// pair of numbers, widened in registers: the high number by a mask, the low one by a shift,
-// each one vector instruction with the load folded in. The sums are v6's, in v6's order: the
-// outputs are the same to the bit.
+// before its micro-kernels read it: a pass that writes twice the bytes it reads, into a copy
+// that lives in L2. v12 hands the micro-kernels the bf16 tile as cached (decode_split with the
+// CachedTiles policy below; scores_micro and pv_micro are written for either element type).
+// Their broadcast operand, one cached number per FMA (per 2 FMAs at 32 heads), becomes one
+// 32-bit load per pair of numbers, widened in registers: the low number by a shift, the high one
+// by a mask, one vector instruction each. The products and sums are v6's, in v6's order: the
+// outputs are the same to the bit. And v12 asks for the next tile while it scores this one
+// (its share of the next tile per group of kTokGroup tokens, into L2): a bf16 tile is 73 KiB,
+// half of an fp32 one, and the loads the hardware prefetcher starts late (12 rows read side
+// by side, every tile its own allocation) then find it in L2.
+//
+// Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time, the machine shared), v12 over
+// v5 (fp32): 1.0x at H = 16, T = 4096; 1.04x at H = 16, T = 32768 and B = 4 × 4096; 1.03-1.07x
+// at 32 heads; 1.05x at 128. Over v6: 1.09-1.17x at 16 heads, 1.10-1.14x at 32. What lost:
+//  - the high number of a pair by the mask alone and the low one by the same mask on the word
+//    two bytes earlier (one instruction per number, its load folded in, no shift; the first
+//    pair of a row then needs the shift anyway, not to read before the tile): 3-5% slower than
+//    shift and mask at 16 heads (its loads straddle cache lines, and it makes two per pair);
+//  - the whole next tile prefetched at once before a tile: +1% at T = 32768, half of the gain
+//    of spreading it; the same spread prefetch in v5 (a 147 KiB fp32 tile) cost v5 4-8% at
+//    16 heads, T = 32768 and B = 4 (and gained 2% at 128 heads): v5 keeps none;
+//  - vdpbf16ps (AVX512_BF16, two bf16 products a lane per instruction) was not built for this
+//    path: on this Zen 4 a 512-bit vdpbf16ps goes at the rate of a 512-bit FMA (measured, 12
+//    independent chains: 0.55 ns each), so with the query split in two bf16 parts it does the
+//    FMAs' work in as many instructions, and with the exact three-part split (split_bf16) in 1.5
+//    times as many: at best v12's speed here. Two parts also leave an error of up to 2^-16 of
+//    each query number, up to ~5e-4 in a score of DeepSeek's widths (Σ|q_k·c_k| ≈ 32), where the
+//    tests hold the bf16 kernels to 1e-5 + 1e-4·|ref| of v1 on the rounded cache.
 // Fewer than 8 heads run v6's per-head path unchanged.
 
 namespace {
 
-// Number E of the bf16 pair at p (p[0], p[1]; x86 is little-endian: p[0] is the low half of
-// the 32-bit word), in every lane: bf16 is a float's upper 16 bits, so p[1] is the word with its
-// low half cleared and p[0] the word shifted up by 16.
+// Number E of the bf16 pair at p (p[0], p[1]; little-endian, so p[0] is the low half of the
+// 32-bit word), in every lane: bf16 is a float's upper 16 bits, so p[1] is the word with its
+// low half cleared and p[0] the word shifted up by 16. GCC folds the 32-bit load into a
+// broadcast (vpbroadcastd); with 16 heads that is one shift or mask per FMA, which a Zen 4 runs
+// beside its FMAs (on other pipes). On a CPU whose vector shifts and logic share the FMA ports
+// (Intel's AVX-512 server cores: ports 0 and 5) it would cost FMA slots: measure v12 against v6
+// and v5 there before choosing it.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "v12's broadcast_cached assumes a little-endian CPU"
+#endif
 template <std::size_t E>
 inline V broadcast_cached(const std::uint16_t* p) {
   static_assert(E < 2, "a 32-bit load holds two bf16 numbers");
@@ -1636,6 +1679,9 @@ struct CachedTiles {
   template <class Elem>
   static RowView<const Elem> view(const LatentCache& c, std::size_t i, std::size_t nt) {
     return cache_tile<Elem>(c, i, nt);
+  }
+  static const char* next(const LatentCache& c, std::size_t i) {
+    return reinterpret_cast<const char*>(c.tile_bf16(i));
   }
 };
 
