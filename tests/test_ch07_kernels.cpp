@@ -289,14 +289,20 @@ TEST_CASE("the tiled kernels attend to a prefix of each cache, and an empty pref
     a.batch = B;
     a.q_lat = ql.data();
     a.q_rope = qr.data();
-    for (const bool v8 : {false, true}) {  // v5 and v6, then v8 and v9
+    using Fn = void (*)(const SeqRef*, const DecodeArgs&);
+    const struct {
+      const char* names;
+      Fn f32, bf16;
+    } pairs[] = {{"v5/v6", mla_decode_v5, mla_decode_v6},
+                 {"v8/v9", mla_decode_v8, mla_decode_v9},
+                 {"v5/v12", mla_decode_v5, mla_decode_v12}};
+    for (const auto& pair : pairs) {
       a.out = out.data();
-      (v8 ? mla_decode_v8 : mla_decode_v5)(seqs.data(), a);
+      pair.f32(seqs.data(), a);
       a.out = out16.data();
-      (v8 ? mla_decode_v9 : mla_decode_v6)(seqs16.data(), a);
+      pair.bf16(seqs16.data(), a);
       for (std::size_t b = 0; b < B; ++b) {
-        INFO((v8 ? "v8/v9" : "v5/v6")
-             << ": prefix of " << lengths[b] << " tokens, " << threads << " thread(s)");
+        INFO(pair.names << ": prefix of " << lengths[b] << " tokens, " << threads << " thread(s)");
         std::vector<float> ref(H * p.d_c, 0.0f);
         DecodeArgs r = in.args(ref.data(), 1);
         if (lengths[b] > 0) mla_decode_v1(in.flat.data(), lengths[b], r);

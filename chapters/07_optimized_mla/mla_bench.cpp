@@ -61,8 +61,8 @@ std::vector<std::string> select(const Options& o, bool sweep) {
   } else {
     for (const Kernel& k : kernels()) {
       // The sweep times what matters per configuration: the reference where cheap, the fast
-      // fp32 and bf16 kernels (v5/v6 and their successors v8/v9), and, without --quick, the BLAS
-      // peer and the MHA baseline.
+      // fp32 and bf16 kernels (v5/v6, their successors v8/v9, and v12), and, without --quick, the
+      // BLAS peer and the MHA baseline.
       const bool fast =
           k.name == "v5" || k.name == "v6" || k.name == "v8" || k.name == "v9" || k.name == "v12";
       const bool peers = !o.quick && (k.name == "blas" || k.name == "mha_v2");
