@@ -1637,8 +1637,9 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 //    pair of a row then needs the shift anyway, not to read before the tile): 3-5% slower than
 //    shift and mask at 16 heads (its loads straddle cache lines, and it makes two per pair);
 //  - the whole next tile prefetched at once before a tile: +1% at T = 32768, half of the gain
-//    of spreading it; the same spread prefetch in v5 (a 147 KiB fp32 tile) cost v5 4-8% at
-//    16 heads, T = 32768 and B = 4 (and gained 2% at 128 heads): v5 keeps none;
+//    of spreading it; 2, 3 or 4 tiles ahead: no better than one; into L1 (hint T0) instead of
+//    L2: 7% slower. The same spread prefetch in v5 (a 147 KiB fp32 tile) cost v5 4-8% at 16
+//    heads, T = 32768 and B = 4 (and gained 2% at 128 heads): v5 keeps none;
 //  - vdpbf16ps (AVX512_BF16, two bf16 products a lane per instruction) was not built for this
 //    path: on this Zen 4 a 512-bit vdpbf16ps goes at the rate of a 512-bit FMA (measured, 12
 //    independent chains: 0.55 ns each), so with the query split in two bf16 parts it does the
