@@ -604,9 +604,9 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
 }
 
 // One tile (nt, stride) for one head block of hb lanes in groups of G heads: floats (v4 to v9),
-// or the bf16 numbers as cached (v12).
+// or the bf16 numbers as cached (v12). next: a tile (next_bytes bytes) to prefetch into L2
+// during the scores, or nullptr.
 template <std::size_t G, bool GroupsOuter = false, class Elem>
-// next: a tile (next_bytes bytes) to prefetch into L2 during the scores, or nullptr.
 void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat,
                 const char* next = nullptr, std::size_t next_bytes = 0) {
   constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
@@ -1630,12 +1630,18 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 // by side, every tile its own allocation) then find it in L2.
 //
 // Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time, the machine shared), v12 over
-// v5 (fp32): 1.0x at H = 16, T = 4096; 1.04x at H = 16, T = 32768 and B = 4 × 4096; 1.03-1.07x
-// at 32 heads; 1.05x at 128. Over v6: 1.09-1.17x at 16 heads, 1.10-1.14x at 32. What lost:
+// v5 (fp32): 0.99-1.06x at 16 heads (T = 4096 to 32768, B = 1 and 4), 1.03-1.12x at 32 heads,
+// 1.03-1.05x at 128; over v6: 1.06-1.17x at 16 heads, 1.10-1.14x at 32. Two threads: the
+// README's v12 tables. What lost:
 //  - the high number of a pair by the mask alone and the low one by the same mask on the word
 //    two bytes earlier (one instruction per number, its load folded in, no shift; the first
 //    pair of a row then needs the shift anyway, not to read before the tile): 3-5% slower than
 //    shift and mask at 16 heads (its loads straddle cache lines, and it makes two per pair);
+//  - the scores' rows widened into an L1 buffer, a token group (12 rows, 27 KiB) at a time, for
+//    v5's float scores (v6's widening, but in L1 and fused with the scores; the weighted sum
+//    still from bf16): 10% slower at 16 heads, 5% at 32, 3% at 128 — the stores cost more than
+//    the shifts they save. (Split by phase, one thread, H = 16, T = 4096: v12's scores ran at
+//    89% of the FMA peak, v5's at 93%; v12's weighted sum at 86%, v5's at 78%.)
 //  - the whole next tile prefetched at once before a tile: +1% at T = 32768, half of the gain
 //    of spreading it; 2, 3 or 4 tiles ahead: no better than one; into L1 (hint T0) instead of
 //    L2: 7% slower. The same spread prefetch in v5 (a 147 KiB fp32 tile) cost v5 4-8% at 16
