@@ -159,6 +159,9 @@ void print_ratios(const std::vector<KernelResult>& rs, std::ostream& os) {
     os << "absorbed MLA (v5) vs optimized MHA (mha_v2), per decode step: "
        << fixed(mha->ms / best->ms, 2) << "x\n";
   if (best && bf) os << "bf16 cache (v6) vs fp32 (v5): " << fixed(best->ms / bf->ms, 2) << "x\n";
+  if (const KernelResult* v12 = by_name(rs, "v12"); best && v12) {
+    os << "bf16 cache read as cached (v12) vs fp32 (v5): " << fixed(best->ms / v12->ms, 2) << "x\n";
+  }
   if (bf && f8) os << "fp8 cache (v7) vs bf16 (v6): " << fixed(bf->ms / f8->ms, 2) << "x\n";
 }
 
