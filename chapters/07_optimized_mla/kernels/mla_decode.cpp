@@ -403,9 +403,12 @@ inline V broadcast_cached(const std::uint16_t* p);
 // loads and 6 broadcasts (32 heads). Either way the FMA units, not the loads, set the pace.
 // A bf16 row is read a pair of numbers (k, k+1) at a time: the k loop steps by kPerLoad and
 // the pair's two numbers run one after the other, in the order of the float version.
+// pf: pf_lines cache lines to prefetch into L2, one per step of the k loop (v12 hands it its
+// share of the next tile; nothing otherwise).
 template <int NT, std::size_t G, class Elem>
 inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::size_t ldc,
-                         std::size_t K, float* s, std::size_t lds) {
+                         std::size_t K, float* s, std::size_t lds, const char* pf = nullptr,
+                         std::size_t pf_lines = 0) {
   constexpr std::size_t VH = kHeadVecs<G>, P = kPerLoad<Elem>;
   V acc[NT][VH];
   for (int i = 0; i < NT; ++i)
@@ -420,6 +423,7 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
     }
   };
   for (std::size_t k = 0; k < K; k += P) {
+    if (k / P < pf_lines) __builtin_prefetch(pf + 64 * (k / P), 0, 2);
     number(std::integral_constant<std::size_t, 0>{}, k);
     if constexpr (P == 2) number(std::integral_constant<std::size_t, 1>{}, k);
   }
@@ -463,10 +467,11 @@ inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp
 
 template <int N, std::size_t G, class Elem>
 void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const Elem* c,
-                     std::size_t ldc, std::size_t K, float* s, std::size_t lds) {
+                     std::size_t ldc, std::size_t K, float* s, std::size_t lds,
+                     const char* pf = nullptr, std::size_t pf_lines = 0) {
   if constexpr (N > 0) {
-    if (n == N) return scores_micro<N, G>(qp, ldq, c, ldc, K, s, lds);
-    scores_dispatch<N - 1, G>(n, qp, ldq, c, ldc, K, s, lds);
+    if (n == N) return scores_micro<N, G>(qp, ldq, c, ldc, K, s, lds, pf, pf_lines);
+    scores_dispatch<N - 1, G>(n, qp, ldq, c, ldc, K, s, lds, pf, pf_lines);
   }
 }
 
@@ -605,7 +610,7 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
 
 // One tile (nt, stride) for one head block of hb lanes in groups of G heads: floats (v4 to v9),
 // or the bf16 numbers as cached (v12). next: a tile (next_bytes bytes) to prefetch into L2
-// during the scores, or nullptr.
+// during the scores, or nullptr (then nothing is prefetched).
 template <std::size_t G, bool GroupsOuter = false, class Elem>
 void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat,
                 const char* next = nullptr, std::size_t next_bytes = 0) {
@@ -623,13 +628,14 @@ void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std:
   if constexpr (!GroupsOuter) {
     for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
       const std::size_t n = std::min(kTok, nt - t0);
-      if (next) {  // this group's share of the next tile: spread, not all at once
-        for (std::size_t b = t0 * next_bytes / nt; b < (t0 + n) * next_bytes / nt; b += 64)
-          __builtin_prefetch(next + b, 0, 2);
-      }
+      // This token group's share of the next tile, prefetched by the first head group's
+      // micro-kernel a line per step, spread over its FMAs (not all at once: see v12).
+      const std::size_t b0 = t0 * next_bytes / nt, b1 = (t0 + n) * next_bytes / nt;
+      const char* pf = next ? next + b0 : nullptr;
+      const std::size_t lines = next ? (b1 - b0 + 63) / 64 : 0;
       for (std::size_t g = 0; g < groups; ++g) {
         scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile.row(t0), stride, stride,
-                                 S + (g * kTile + t0) * G, G);
+                                 S + (g * kTile + t0) * G, G, pf, g == 0 ? lines : 0);
       }
     }
   } else {
