@@ -411,7 +411,7 @@ TEST_CASE("v12 (bf16 read as cached) beats v6 (bf16 widened per tile) where comp
   // 16 heads (one head group), 4 sequences of 4,096 tokens: compute-bound, where v6 spends a pass
   // per tile widening it into a float copy and v12 widens the pairs in its micro-kernels (and
   // prefetches the next tile). Measured on a Zen 4 (AVX-512 in two halves, one thread, CPU time,
-  // the machine shared): 1.11-1.13x (1.06-1.07x with one sequence). The floor asserts that v12
+  // the machine shared): 1.13-1.18x (1.07x with one sequence). The floor asserts that v12
   // is not slower. One thread, timed in the thread's CPU time: on a shared machine a second
   // thread may not get a core, and wall time counts the waits for one.
   const MlaProblem p = shape(4, 16, 4096, 512, 64);

@@ -39,7 +39,8 @@
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
 // version 12 is v6 without the widened tile: the head-blocked micro-kernels read the bf16 tile
 //           as cached, a pair of numbers per 32-bit load widened in registers, and the next tile
-//           is prefetched while this one is scored. As fast as v5 (fp32) or faster on a Zen 4.
+//           is prefetched, a line per step of the scores. As fast as v5 (fp32) or faster on a
+//           Zen 4 (0.95-1.20x), 83-96% of its FMA peak at 16 to 128 heads.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
@@ -1630,15 +1631,17 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 // Their broadcast operand, one cached number per FMA (per 2 FMAs at 32 heads), becomes one
 // 32-bit load per pair of numbers, widened in registers: the low number by a shift, the high one
 // by a mask, one vector instruction each. The products and sums are v6's, in v6's order: the
-// outputs are the same to the bit. And v12 asks for the next tile while it scores this one
-// (its share of the next tile per group of kTokGroup tokens, into L2): a bf16 tile is 73 KiB,
-// half of an fp32 one, and the loads the hardware prefetcher starts late (12 rows read side
-// by side, every tile its own allocation) then find it in L2.
+// outputs are the same to the bit. And v12 asks for the next tile while it scores this one,
+// into L2, one cache line per step of the scores micro-kernel's k loop (a token group's share of
+// the next tile, ~216 lines over ~7,000 FMAs at 16 heads): every tile is its own allocation and
+// the scores read 12 rows side by side, which the hardware prefetcher follows late.
 //
-// Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time, the machine shared), v12 over
-// v5 (fp32): 0.99-1.06x at 16 heads (T = 4096 to 32768, B = 1 and 4), 1.03-1.12x at 32 heads,
-// 1.03-1.05x at 128; over v6: 1.06-1.17x at 16 heads, 1.10-1.14x at 32. Two threads: the
-// README's v12 tables. What lost:
+// Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time), v12 over v5 (fp32):
+// 1.01-1.04x at H = 16, T = 4096; 1.15-1.20x at T = 32768 and 1.15-1.18x with B = 4 × 4096;
+// 1.08-1.12x at 32 heads; 1.05-1.07x at 128. Over v6: 1.04-1.22x. Two threads: the README's
+// v12 tables (83-96% of the FMA peak). The same prefetch in v5 (FloatTiles naming the next fp32
+// tile) gains 9-12% at H = 16, T = 32768, 2-8% elsewhere: not done here, v5 stays as it was.
+// What lost:
 //  - the high number of a pair by the mask alone and the low one by the same mask on the word
 //    two bytes earlier (one instruction per number, its load folded in, no shift; the first
 //    pair of a row then needs the shift anyway, not to read before the tile): 3-5% slower than
@@ -1648,10 +1651,11 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 //    still from bf16): 10% slower at 16 heads, 5% at 32, 3% at 128 — the stores cost more than
 //    the shifts they save. (Split by phase, one thread, H = 16, T = 4096: v12's scores ran at
 //    89% of the FMA peak, v5's at 93%; v12's weighted sum at 86%, v5's at 78%.)
-//  - the whole next tile prefetched at once before a tile: +1% at T = 32768, half of the gain
-//    of spreading it; 2, 3 or 4 tiles ahead: no better than one; into L1 (hint T0) instead of
-//    L2: 7% slower. The same spread prefetch in v5 (a 147 KiB fp32 tile) cost v5 4-8% at 16
-//    heads, T = 32768 and B = 4 (and gained 2% at 128 heads): v5 keeps none;
+//  - the prefetch as a burst of the token group's share before its scores: 3-5% instead of
+//    10-15% at H = 16, T = 32768 (a burst fills the core's miss buffers and the loads behind it
+//    wait); the whole next tile at once before a tile: +1%; 2, 3 or 4 tiles ahead: no better
+//    than one; into L1 (hint T0) instead of L2: 7% slower. The burst version in v5 (a 147 KiB
+//    fp32 tile) cost v5 4-8% at 16 heads — the line-per-step one gains, see above;
 //  - vdpbf16ps (AVX512_BF16, two bf16 products a lane per instruction) was not built for this
 //    path: on this Zen 4 a 512-bit vdpbf16ps goes at the rate of a 512-bit FMA (measured, 12
 //    independent chains: 0.55 ns each), so with the query split in two bf16 parts it does the
