@@ -30,7 +30,7 @@ std::unique_ptr<ch06::LatentAttention> make_bf16_latent_attention(std::size_t he
                                                                   int threads = 0);
 
 /// Factories for chapter 6's layer (`LatentAttentionFactory`): every sequence's core on a cache
-/// of `type` (mla_decode_best picks v10, v11 or v7 for it), split over `threads` threads (0 =
+/// of `type` (mla_decode_best picks v10, v12 or v7 for it), split over `threads` threads (0 =
 /// every hardware thread); the two below are its F32 and BF16 cases.
 ch06::LatentAttentionFactory latent_attention_factory(CacheType type, int threads = 0);
 /// latent_attention_factory on an fp32 cache (v5).

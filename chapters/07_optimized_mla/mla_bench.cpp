@@ -57,11 +57,11 @@ std::vector<std::string> select(const Options& o, bool sweep) {
   } else {
     for (const Kernel& k : kernels()) {
       // The sweep times what matters per configuration: the reference where cheap, the fast
-      // kernels of each cache type (fp32 v5 and v10, bf16 v6 and v11, FP8 v7; v8 and v9 measured
-      // no faster than v5 and v6, so they are left to --impl), and, without --quick, the BLAS
-      // peer and the MHA baseline.
-      const bool fast =
-          k.name == "v5" || k.name == "v6" || k.name == "v7" || k.name == "v10" || k.name == "v11";
+      // kernels of each cache type (fp32 v5 and v10, bf16 v6, v11 and v12, FP8 v7; v8 and v9
+      // measured no faster than v5 and v6, so they are left to --impl), and, without --quick, the
+      // BLAS peer and the MHA baseline.
+      const bool fast = k.name == "v5" || k.name == "v6" || k.name == "v7" || k.name == "v10" ||
+                        k.name == "v11" || k.name == "v12";
       const bool peers = !o.quick && (k.name == "blas" || k.name == "mha_v2");
       if (sweep && k.name != "v1" && !fast && !peers) continue;
       names.push_back(k.name);
@@ -156,6 +156,11 @@ void print_ratios(const std::vector<KernelResult>& rs, std::ostream& os) {
     os << "absorbed MLA (v5) vs optimized MHA (mha_v2), per decode step: "
        << fixed(mha->ms / best->ms, 2) << "x\n";
   if (best && bf) os << "bf16 cache (v6) vs fp32 (v5): " << fixed(best->ms / bf->ms, 2) << "x\n";
+  // The fastest of each cache type, as mla_decode_best picks them: v12 (bf16) against v10 (fp32).
+  if (const KernelResult* v10 = by_name(rs, "v10"), *v12 = by_name(rs, "v12"); v10 && v12) {
+    os << "bf16 cache (v12) vs fp32 (v10), the fastest of each: " << fixed(v10->ms / v12->ms, 2)
+       << "x\n";
+  }
   if (bf && f8) os << "fp8 cache (v7) vs bf16 (v6): " << fixed(bf->ms / f8->ms, 2) << "x\n";
 }
 

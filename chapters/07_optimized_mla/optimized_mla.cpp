@@ -205,13 +205,17 @@ const std::vector<Kernel>& kernels() {
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v9(in.seqs_bf16.data(), in.args(out, th));
         });
-    mla("v10", "v5 + all of a few heads in registers at once (fewer than 8 heads)", true,
+    mla("v10", "v5 + a few heads in registers at once, the next tile prefetched", true,
         CacheType::F32, [](const MlaInputs& in, float* out, int th) {
           mla_decode_v10(in.seqs_f32.data(), in.args(out, th));
         });
-    mla("v11", "v10 on a bf16 cache", true, CacheType::BF16,
+    mla("v11", "v6 + v10's few-heads path", true, CacheType::BF16,
         [](const MlaInputs& in, float* out, int th) {
           mla_decode_v11(in.seqs_bf16.data(), in.args(out, th));
+        });
+    mla("v12", "v11 without the widened tile: bf16 pairs widened in the micro-kernels", true,
+        CacheType::BF16, [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v12(in.seqs_bf16.data(), in.args(out, th));
         });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {

@@ -92,7 +92,7 @@ struct MhaInputs {
 
 /// One kernel of the menu, runnable on MlaInputs or MhaInputs.
 struct Kernel {
-  std::string name;                  ///< "v1".."v9", "mha_v1", "mha_v2", "blas"
+  std::string name;                  ///< "v1".."v9", "v12", "mha_v1", "mha_v2", "blas"
   std::string summary;               ///< one line: what changed
   bool mha = false;                  ///< reads MhaInputs (else MlaInputs)
   bool threaded = false;             ///< uses RunOptions::threads (else runs on one thread)

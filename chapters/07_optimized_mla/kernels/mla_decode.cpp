@@ -39,12 +39,18 @@
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
 // version 10 is v5 whose path for fewer than 8 heads keeps all the heads of an item in registers
 //           at once (scores: tokens × heads filling the register file, summed across lanes by one
-//           transpose-and-add; weighted sum: heads × latent columns, stored once per tile) and
-//           prefetches the next tile. Version 11 is the same on a bf16 cache (else v6).
+//           transpose-and-add; weighted sum: heads × latent columns, stored once per tile), and
+//           whose head-blocked path asks for the next tile while it scores this one (v12's
+//           prefetch, on the fp32 cache). Version 11 is v6 with v10's few-heads path.
+// version 12 is v11 without the widened tile: the head-blocked micro-kernels read the bf16 tile
+//           as cached, a pair of numbers per 32-bit load widened in registers, and the next tile
+//           is prefetched, a line per step of the scores. As fast as v5 (fp32) or faster on a
+//           Zen 4 (0.95-1.20x), 83-96% of its FMA peak at 16 to 128 heads.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
-// widened tile) and of the per-head scores, in its own section.
+// widened tile) and of the per-head scores, in its own section; v12 the bf16 version of the
+// micro-kernels' broadcast (a pair of numbers per load), in its own.
 
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 
@@ -381,26 +387,51 @@ constexpr std::size_t kTokGroup = 12 / kHeadVecs<G>;
 template <std::size_t G>
 constexpr std::size_t kColGroup = 12 / kHeadVecs<G>;
 
+// What a micro-kernel broadcasts: cached numbers, read one load at a time. A float tile gives
+// one number a load (folded into the FMA as a broadcast operand); v12 reads a bf16 tile as it
+// lies, two numbers a 32-bit load, widened in registers (defined in v12's section).
+template <class Elem>
+constexpr std::size_t kPerLoad = sizeof(float) / sizeof(Elem);
+// Number E of the load at p, as a float in every lane.
+template <std::size_t E>
+inline V broadcast_cached(const float* p) {
+  return V(p[E]);
+}
+template <std::size_t E>
+inline V broadcast_cached(const std::uint16_t* p);
+
 // Scores of NT tokens for one group of G heads, the hot spot of the step (with pv_micro below).
 //   qp: (K, ldq) packed queries, heads in lanes (this group's heads at qp[k·ldq .. +G))
-//   c:  NT cache rows of ldc floats;  s: (NT, lds) scores out, heads in lanes.
+//   c:  NT cache rows of ldc numbers (float, or bf16 for v12);  s: (NT, lds) scores out, heads
+//   in lanes.
 // AVX2: 12 accumulators + 2 query vectors + 1 broadcast = 15 of 16 registers; per k: 2 loads,
 // 6 broadcasts, 12 FMAs. AVX-512: 1 query load and 12 broadcasts per 12 FMAs (16 heads) or 2
 // loads and 6 broadcasts (32 heads). Either way the FMA units, not the loads, set the pace.
-template <int NT, std::size_t G>
-inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::size_t ldc,
-                         std::size_t K, float* s, std::size_t lds) {
-  constexpr std::size_t VH = kHeadVecs<G>;
+// A bf16 row is read a pair of numbers (k, k+1) at a time: the k loop steps by kPerLoad and
+// the pair's two numbers run one after the other, in the order of the float version.
+// pf: pf_lines cache lines to prefetch into L2, one per step of the k loop (v12 hands it its
+// share of the next tile; nothing otherwise).
+template <int NT, std::size_t G, class Elem>
+inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::size_t ldc,
+                         std::size_t K, float* s, std::size_t lds, const char* pf = nullptr,
+                         std::size_t pf_lines = 0) {
+  constexpr std::size_t VH = kHeadVecs<G>, P = kPerLoad<Elem>;
   V acc[NT][VH];
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V(0.0f);
-  for (std::size_t k = 0; k < K; ++k) {
+  auto number = [&](auto e, std::size_t k) {  // k + e: one number of every row
+    constexpr std::size_t E = decltype(e)::value;
     V q[VH];
-    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + k * ldq + v * W);
+    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + (k + E) * ldq + v * W);
     for (int i = 0; i < NT; ++i) {
-      const V ci(c[i * ldc + k]);
+      const V ci = broadcast_cached<E>(c + i * ldc + k);
       for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, q[v], acc[i][v]);
     }
+  };
+  for (std::size_t k = 0; k < K; k += P) {
+    if (k / P < pf_lines) __builtin_prefetch(pf + 64 * (k / P), 0, 2);
+    number(std::integral_constant<std::size_t, 0>{}, k);
+    if constexpr (P == 2) number(std::integral_constant<std::size_t, 1>{}, k);
   }
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(s + i * lds + v * W);
@@ -409,12 +440,16 @@ inline void scores_micro(const float* qp, std::size_t ldq, const float* c, std::
 // Weighted sum of nt tokens into NJ latent columns for one group of G heads, with the
 // online-softmax rescale folded into the load of the accumulators.
 //   ot: (NJ, ldo) output accumulators, transposed (column j, heads in lanes)
-//   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc floats (this column group)
+//   p:  (nt, ldp) probabilities, heads in lanes;  c: nt rows of ldc numbers (this column group)
 //   alpha: (G) rescale factors of these heads
-template <int NJ, std::size_t G>
-inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const float* c,
+// From a bf16 row the columns come in pairs (j, j+1), one 32-bit load each (NJ is even there:
+// lat_stride is a multiple of 16, kColGroup 12 or 6).
+template <int NJ, std::size_t G, class Elem>
+inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const Elem* c,
                      std::size_t ldc, std::size_t nt, const float* alpha) {
   constexpr std::size_t VH = kHeadVecs<G>;
+  constexpr int P = static_cast<int>(kPerLoad<Elem>);
+  static_assert(NJ % P == 0, "whole pairs of bf16 columns");
   V al[VH], acc[NJ][VH];
   for (std::size_t v = 0; v < VH; ++v) al[v] = V::load_aligned(alpha + v * W);
   for (int i = 0; i < NJ; ++i)
@@ -422,29 +457,38 @@ inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp
   for (std::size_t t = 0; t < nt; ++t) {
     V pt[VH];
     for (std::size_t v = 0; v < VH; ++v) pt[v] = V::load_aligned(p + t * ldp + v * W);
-    for (int i = 0; i < NJ; ++i) {
-      const V ci(c[t * ldc + i]);
-      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, pt[v], acc[i][v]);
+    for (int i = 0; i < NJ; i += P) {
+      const Elem* ct = c + t * ldc + i;
+      const V c0 = broadcast_cached<0>(ct);
+      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(c0, pt[v], acc[i][v]);
+      if constexpr (P == 2) {
+        const V c1 = broadcast_cached<1>(ct);
+        for (std::size_t v = 0; v < VH; ++v) acc[i + 1][v] = xsimd::fma(c1, pt[v], acc[i + 1][v]);
+      }
     }
   }
   for (int i = 0; i < NJ; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(ot + i * ldo + v * W);
 }
 
-template <int N, std::size_t G>
-void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const float* c,
-                     std::size_t ldc, std::size_t K, float* s, std::size_t lds) {
+template <int N, std::size_t G, class Elem>
+void scores_dispatch(std::size_t n, const float* qp, std::size_t ldq, const Elem* c,
+                     std::size_t ldc, std::size_t K, float* s, std::size_t lds,
+                     const char* pf = nullptr, std::size_t pf_lines = 0) {
   if constexpr (N > 0) {
-    if (n == N) return scores_micro<N, G>(qp, ldq, c, ldc, K, s, lds);
-    scores_dispatch<N - 1, G>(n, qp, ldq, c, ldc, K, s, lds);
+    if (n == N) return scores_micro<N, G>(qp, ldq, c, ldc, K, s, lds, pf, pf_lines);
+    scores_dispatch<N - 1, G>(n, qp, ldq, c, ldc, K, s, lds, pf, pf_lines);
   }
 }
 
-template <int N, std::size_t G>
+// n columns: a whole number of pairs for a bf16 tile (see pv_micro), so only those are built.
+template <int N, std::size_t G, class Elem>
 void pv_dispatch(std::size_t n, float* ot, std::size_t ldo, const float* p, std::size_t ldp,
-                 const float* c, std::size_t ldc, std::size_t nt, const float* alpha) {
+                 const Elem* c, std::size_t ldc, std::size_t nt, const float* alpha) {
   if constexpr (N > 0) {
-    if (n == N) return pv_micro<N, G>(ot, ldo, p, ldp, c, ldc, nt, alpha);
+    if constexpr (N % kPerLoad<Elem> == 0) {
+      if (n == N) return pv_micro<N, G>(ot, ldo, p, ldp, c, ldc, nt, alpha);
+    }
     pv_dispatch<N - 1, G>(n, ot, ldo, p, ldp, c, ldc, nt, alpha);
   }
 }
@@ -521,6 +565,18 @@ RowView<const float> float_tile<float>(const LatentCache& c, std::size_t i, std:
   return cache_tile<float>(c, i, nt);
 }
 
+// How the head-blocked path sees tile i of a cache (its first nt rows), and which tile it asks
+// for ahead (`next`: the tile's bytes, or nullptr for none): v4 to v7 as floats (float_tile),
+// nothing ahead; v12 as the cache holds it, the next tile ahead (its own policy, in its section).
+struct FloatTiles {
+  template <class Elem>
+  static RowView<const float> view(const LatentCache& c, std::size_t i, std::size_t nt) {
+    return float_tile<Elem>(c, i, nt);
+  }
+  static const char* next(const LatentCache&, std::size_t) { return nullptr; }
+  static constexpr bool few_heads = false;  // below 8 heads: v3's per-head tiles
+};
+
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
 // (rows, G) panel, so every micro-kernel streams contiguous memory with a compile-time stride,
 // which the hardware prefetcher follows best.
@@ -559,9 +615,12 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
   std::fill(ws.l.begin(), ws.l.begin() + hb, 0.0f);
 }
 
-// One tile (nt, stride) as floats for one head block of hb lanes in groups of G heads.
-template <std::size_t G, bool GroupsOuter = false>
-void block_tile(BlockScratch& ws, RowView<const float> tile, std::size_t hb, std::size_t lat) {
+// One tile (nt, stride) for one head block of hb lanes in groups of G heads: floats (v4 to v9),
+// or the bf16 numbers as cached (v12). next: a tile (next_bytes bytes) to prefetch into L2
+// during the scores, or nullptr (then nothing is prefetched).
+template <std::size_t G, bool GroupsOuter = false, class Elem>
+void block_tile(BlockScratch& ws, RowView<const Elem> tile, std::size_t hb, std::size_t lat,
+                const char* next = nullptr, std::size_t next_bytes = 0) {
   constexpr std::size_t kTok = kTokGroup<G>, kCol = kColGroup<G>;
   const std::size_t nt = tile.rows(), stride = tile.cols(), groups = hb / G;
   // qp: (groups, stride, G), S: (groups, kTile, G), Ot: (groups, lat, G); m, l, alpha: (hb).
@@ -576,9 +635,14 @@ void block_tile(BlockScratch& ws, RowView<const float> tile, std::size_t hb, std
   if constexpr (!GroupsOuter) {
     for (std::size_t t0 = 0; t0 < nt; t0 += kTok) {
       const std::size_t n = std::min(kTok, nt - t0);
+      // This token group's share of the next tile, prefetched by the first head group's
+      // micro-kernel a line per step, spread over its FMAs (not all at once: see v12).
+      const std::size_t b0 = t0 * next_bytes / nt, b1 = (t0 + n) * next_bytes / nt;
+      const char* pf = next ? next + b0 : nullptr;
+      const std::size_t lines = next ? (b1 - b0 + 63) / 64 : 0;
       for (std::size_t g = 0; g < groups; ++g) {
         scores_dispatch<kTok, G>(n, qp + g * stride * G, G, tile.row(t0), stride, stride,
-                                 S + (g * kTile + t0) * G, G);
+                                 S + (g * kTile + t0) * G, G, pf, g == 0 ? lines : 0);
       }
     }
   } else {
@@ -634,27 +698,30 @@ void block_end(const BlockScratch& ws, const Item& it, std::size_t G, std::size_
   std::copy(ws.l.begin(), ws.l.begin() + hb, po + hb * lat + hb);
 }
 
-// One head block against a range of tiles (an Item), in groups of G heads.
-template <class Elem, std::size_t G>
+// One head block against a range of tiles (an Item), in groups of G heads, each tile seen as
+// the policy Tiles hands it over.
+template <class Elem, std::size_t G, class Tiles>
 void run_head_block(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                     const Item& it) {
   const std::size_t lat = cache.lat_stride();
   BlockScratch& ws = block_scratch();
   block_begin(ws, a, it, G, lat, cache.stride());
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
-    block_tile<G>(ws, float_tile<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat);
+    const char* next = i + 1 < it.tile_end ? Tiles::next(cache, i + 1) : nullptr;
+    block_tile<G>(ws, Tiles::template view<Elem>(cache, i, tile_tokens(length, i)), it.hb, lat,
+                  next, cache.tile_bytes());
   }
   block_end(ws, it, G, lat);
 }
 
 // An item of a head-blocked step, in the groups the blocking chose.
-template <class Elem>
+template <class Elem, class Tiles = FloatTiles>
 void run_blocked_item(const HeadBlocks& blocks, const LatentCache& cache, std::size_t length,
                       const DecodeArgs& a, const Item& it) {
   if (blocks.wide) {
-    run_head_block<Elem, kWideGroup>(cache, length, a, it);
+    run_head_block<Elem, kWideGroup, Tiles>(cache, length, a, it);
   } else {
-    run_head_block<Elem, kNarrowGroup>(cache, length, a, it);
+    run_head_block<Elem, kNarrowGroup, Tiles>(cache, length, a, it);
   }
 }
 
@@ -797,14 +864,15 @@ void combine(const std::vector<Item>& items, const std::vector<std::size_t>& fir
 bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it);
 
-// v10's and v11's path for fewer than kPerHeadBelow heads (defined in their section).
+// v10's to v12's path for fewer than kPerHeadBelow heads (defined in v10's section).
 template <class Elem>
 void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                    const Item& it);
 
-// The driver of v5 and v6 (and of v10, v11: FewHeads swaps the per-head path for theirs): cut the
-// step into items, run them on a.threads threads, combine.
-template <class Elem, bool FewHeads = false>
+// The driver of v5, v6 and v10 to v12: cut the step into items, run them on a.threads threads,
+// combine. Tiles: how the head-blocked path sees a tile (FloatTiles, or v12's bf16 as cached),
+// which tile it prefetches, and whether fewer than 8 heads take v10's path (Tiles::few_heads).
+template <class Elem, class Tiles = FloatTiles>
 void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   const std::size_t B = a.batch, H = a.heads;
   if (B == 0) return;
@@ -840,7 +908,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   mla::parallel_for(static_cast<long>(items.size()), threads, [&](long i) {
     const Item& it = items[static_cast<std::size_t>(i)];
     if (per_head) {
-      if constexpr (FewHeads) {
+      if constexpr (Tiles::few_heads) {
         return run_few_heads<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
       }
       if constexpr (std::is_same_v<Elem, std::uint8_t>) {
@@ -848,7 +916,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
       }
       run_heads_per_tile<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
     } else {
-      run_blocked_item<Elem>(blocks, *seqs[it.b].cache, seqs[it.b].length, a, it);
+      run_blocked_item<Elem, Tiles>(blocks, *seqs[it.b].cache, seqs[it.b].length, a, it);
     }
   });
   combine(items, first_item, lat, a, threads);
@@ -1590,7 +1658,9 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 //                 and NH broadcasts of p feed NH·NC FMAs; each accumulator is loaded (and
 //                 rescaled by alpha) and stored once per tile, not once per four tokens.
 // A bf16 row is widened while it is loaded (load_row), so v11 reads half of v10's bytes and
-// does the same FMAs. At 8 heads and more, v10 is v5 and v11 is v6.
+// does the same FMAs. At 8 heads and more v11 is v6, and v10 is v5 with one addition: the
+// head-blocked path asks for the next tile while it scores this one (v12's prefetch, a line per
+// step of the scores; on a Zen 4 +9-12% at H = 16, T = 32768, 2-8% elsewhere, one thread).
 
 namespace {
 
@@ -1761,21 +1831,123 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
   }
 }
 
+// v10's tiles: v5's, the next one prefetched; fewer than 8 heads take run_few_heads.
+struct PrefetchedTiles : FloatTiles {
+  static const char* next(const LatentCache& c, std::size_t i) {
+    return reinterpret_cast<const char*>(c.tile_f32(i));
+  }
+  static constexpr bool few_heads = true;
+};
+
+// v11's tiles: v6's (widened, no prefetch); fewer than 8 heads take run_few_heads.
+struct FewHeadsTiles : FloatTiles {
+  static constexpr bool few_heads = true;
+};
+
 }  // namespace
 
 void mla_decode_v10(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::F32);
-  decode_split<float, true>(seqs, a);
+  decode_split<float, PrefetchedTiles>(seqs, a);
 }
 
 void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
   check_seqs(seqs, a, CacheType::BF16);
-  decode_split<std::uint16_t, true>(seqs, a);
+  decode_split<std::uint16_t, FewHeadsTiles>(seqs, a);
+}
+
+// ============================================================================================
+// version 12: v11 without the widened tile
+// ============================================================================================
+// v6's head-blocked path widens each bf16 tile into a float copy (64 × 576 numbers, 147 KiB)
+// before its micro-kernels read it: a pass that writes twice the bytes it reads, into a copy
+// that lives in L2. v12 hands the micro-kernels the bf16 tile as cached (decode_split with the
+// CachedTiles policy below; scores_micro and pv_micro are written for either element type).
+// Their broadcast operand, one cached number per FMA (per 2 FMAs at 32 heads), becomes one
+// 32-bit load per pair of numbers, widened in registers: the low number by a shift, the high one
+// by a mask, one vector instruction each. The products and sums are v6's, in v6's order: the
+// outputs are the same to the bit. And v12 asks for the next tile while it scores this one,
+// into L2, one cache line per step of the scores micro-kernel's k loop (a token group's share of
+// the next tile, ~216 lines over ~7,000 FMAs at 16 heads): every tile is its own allocation and
+// the scores read 12 rows side by side, which the hardware prefetcher follows late.
+//
+// Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time), v12 over v5 (fp32):
+// 1.01-1.04x at H = 16, T = 4096; 1.15-1.20x at T = 32768 and 1.15-1.18x with B = 4 × 4096;
+// 1.08-1.12x at 32 heads; 1.05-1.07x at 128. Over v6: 1.04-1.22x. Two threads: the README's
+// v12 tables (83-96% of the FMA peak). The same prefetch in v5 (FloatTiles naming the next fp32
+// tile) gains 9-12% at H = 16, T = 32768, 2-8% elsewhere: not done here, v5 stays as it was.
+// What lost:
+//  - the high number of a pair by the mask alone and the low one by the same mask on the word
+//    two bytes earlier (one instruction per number, its load folded in, no shift; the first
+//    pair of a row then needs the shift anyway, not to read before the tile): 3-5% slower than
+//    shift and mask at 16 heads (its loads straddle cache lines, and it makes two per pair);
+//  - the scores' rows widened into an L1 buffer, a token group (12 rows, 27 KiB) at a time, for
+//    v5's float scores (v6's widening, but in L1 and fused with the scores; the weighted sum
+//    still from bf16): 10% slower at 16 heads, 5% at 32, 3% at 128 — the stores cost more than
+//    the shifts they save. (Split by phase, one thread, H = 16, T = 4096: v12's scores ran at
+//    89% of the FMA peak, v5's at 93%; v12's weighted sum at 86%, v5's at 78%.)
+//  - the prefetch as a burst of the token group's share before its scores: 3-5% instead of
+//    10-15% at H = 16, T = 32768 (a burst fills the core's miss buffers and the loads behind it
+//    wait); the whole next tile at once before a tile: +1%; 2, 3 or 4 tiles ahead: no better
+//    than one; into L1 (hint T0) instead of L2: 7% slower. The burst version in v5 (a 147 KiB
+//    fp32 tile) cost v5 4-8% at 16 heads — the line-per-step one gains, see above;
+//  - vdpbf16ps (AVX512_BF16, two bf16 products a lane per instruction) was not built for this
+//    path: on this Zen 4 a 512-bit vdpbf16ps goes at the rate of a 512-bit FMA (measured, 12
+//    independent chains: 0.55 ns each), so with the query split in two bf16 parts it does the
+//    FMAs' work in as many instructions, and with the exact three-part split (split_bf16) in 1.5
+//    times as many: at best v12's speed here. Two parts also leave an error of up to 2^-16 of
+//    each query number, up to ~5e-4 in a score of DeepSeek's widths (Σ|q_k·c_k| ≈ 32), where the
+//    tests hold the bf16 kernels to 1e-5 + 1e-4·|ref| of v1 on the rounded cache.
+// Fewer than 8 heads run v11's (v10's) few-heads path.
+
+namespace {
+
+// Number E of the bf16 pair at p (p[0], p[1]; little-endian, so p[0] is the low half of the
+// 32-bit word), in every lane: bf16 is a float's upper 16 bits, so p[1] is the word with its
+// low half cleared and p[0] the word shifted up by 16. GCC folds the 32-bit load into a
+// broadcast (vpbroadcastd); with 16 heads that is one shift or mask per FMA, which a Zen 4 runs
+// beside its FMAs (on other pipes). On a CPU whose vector shifts and logic share the FMA ports
+// (Intel's AVX-512 server cores: ports 0 and 5) it would cost FMA slots: measure v12 against v6
+// and v5 there before choosing it.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "v12's broadcast_cached assumes a little-endian CPU"
+#endif
+template <std::size_t E>
+inline V broadcast_cached(const std::uint16_t* p) {
+  static_assert(E < 2, "a 32-bit load holds two bf16 numbers");
+  using U = xsimd::batch<std::uint32_t>;
+  std::uint32_t word;
+  std::memcpy(&word, p, sizeof word);
+  const U u(word);
+  if constexpr (E == 0) {
+    return xsimd::bitwise_cast<V>(u << 16);
+  } else {
+    return xsimd::bitwise_cast<V>(u & U(0xFFFF0000u));
+  }
+}
+
+// v12's tiles: the cache's own numbers.
+struct CachedTiles {
+  template <class Elem>
+  static RowView<const Elem> view(const LatentCache& c, std::size_t i, std::size_t nt) {
+    return cache_tile<Elem>(c, i, nt);
+  }
+  static const char* next(const LatentCache& c, std::size_t i) {
+    return reinterpret_cast<const char*>(c.tile_bf16(i));
+  }
+  static constexpr bool few_heads = true;  // below 8 heads: v11's path
+};
+
+}  // namespace
+
+void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::BF16);
+  decode_split<std::uint16_t, CachedTiles>(seqs, a);
 }
 
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
   if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::BF16) {
-    mla_decode_v11(seqs, a);
+    mla_decode_v12(seqs, a);
   } else if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::FP8) {
     mla_decode_v7(seqs, a);
   } else {

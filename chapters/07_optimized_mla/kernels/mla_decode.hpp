@@ -86,13 +86,19 @@ void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a);
 void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
 
 /// v10: v5 with a register-blocked path for fewer than 8 heads (all heads of an item in
-/// registers at once, instead of one pass per head). F32 caches.
+/// registers at once, instead of one pass per head) and, at 8 heads or more, the next tile
+/// prefetched while this one is scored. F32 caches.
 void mla_decode_v10(const SeqRef* seqs, const DecodeArgs& a);
-/// v11: v10's few-heads path on a bf16 cache (8 heads or more: v6). BF16 caches.
+/// v11: v6 with v10's few-heads path. BF16 caches.
 void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a);
+/// v12: v11 without the widened tile: 8 heads or more, the micro-kernels read the bf16 tile as
+/// cached, a pair of numbers per 32-bit load widened in registers, and the next tile is
+/// prefetched (fewer than 8 heads: v11's path). Same outputs as v6 (8 heads or more) and v11.
+/// BF16 caches.
+void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a);
 
-/// The fastest version for the caches given: v10 for F32 caches, v11 for BF16, v7 for FP8 (all caches
-/// of one call must share the type, d_c and d_r).
+/// The fastest version for the caches given: v10 for F32 caches, v12 for BF16, v7 for FP8 (all
+/// caches of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
 /// True if v6's per-head path computes its scores with AVX512_BF16's vdpbf16ps (built by GCC on
