@@ -864,7 +864,14 @@ void combine(const std::vector<Item>& items, const std::vector<std::size_t>& fir
 bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it);
 
-// v10's to v12's path for fewer than kPerHeadBelow heads (defined in v10's section).
+// Where v10 to v12 switch from their few-heads path to head blocks: where a block's first group
+// of heads fills its SIMD vectors (16 heads with AVX2 and AVX-512, 8 with SSE). Measured on a
+// Zen 4, one core, T = 4,096 and 32,768, in GFLOP per CPU-second: 8 heads 82-92 few-heads vs
+// 49-53 blocked (half the block's lanes idle), 12 heads 73-86 vs 73-74 fp32 and 97-98 vs 71-74
+// bf16; 16 heads 77-95 vs 93-109: there the block wins.
+constexpr std::size_t kFewHeadsBelow = kNarrowGroup;
+
+// v10's to v12's path for fewer than kFewHeadsBelow heads (defined in v10's section).
 template <class Elem>
 void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                    const Item& it);
@@ -884,7 +891,9 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   // 2 threads, T = 16384, v5: 4 heads 2.6 ms per-head vs 3.5 blocked; 8 heads 4.2 vs 3.4;
   // 12 heads 5.9 vs 3.7 — so the switch sits at 8 heads, half a vector there and one vector
   // with AVX2.
-  const bool per_head = H < kPerHeadBelow;
+  // v10 to v12's few-heads path holds up to 16 heads in registers (in groups of 4) and beats a
+  // head block until the block's lanes are full: up to kFewHeadsBelow heads (below).
+  const bool per_head = H < (Tiles::few_heads ? kFewHeadsBelow : kPerHeadBelow);
   const HeadBlocks blocks = per_head ? HeadBlocks{1, H, H, false} : head_blocks(H);
 
   // Chunks of the cache per (sequence, head block), never less than a tile each.
@@ -1648,7 +1657,8 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 // v5's speed with half the bytes.
 //
 // v10 (fp32 cache) and v11 (bf16) keep all the heads of an item in registers at once, in groups
-// of NH ∈ {4, 2, 1} heads (5 heads = 4 + 1, 7 = 4 + 2 + 1):
+// of NH ∈ {4, 2, 1} heads (5 heads = 4 + 1, 7 = 4 + 2 + 1), and do so up to 15 heads
+// (kFewHeadsBelow: where a head block would leave lanes idle, this path is faster):
 //   scores:       NT = W / NH tokens × NH heads = one accumulator per SIMD lane (16 with
 //                 AVX-512). Per vector of k: NT row loads and NH query loads feed NT·NH FMAs;
 //                 at the end, sum_lanes turns the W accumulators into one vector of W scores
@@ -1700,6 +1710,25 @@ inline V sum_lanes(const V* acc) {
 #endif
 }
 
+// Keep v in a register. Where one loaded (or broadcast) vector feeds several FMAs, GCC folds the
+// load into each of them as a memory operand: one load per FMA instead of one per vector, and
+// the loads, not the FMAs, set the pace (a Zen 4 core loads one 512-bit vector per cycle and
+// issues one 512-bit FMA). An empty asm that claims to change v makes the compiler hold it in a
+// register. Elsewhere (other compilers or CPUs) a no-op.
+inline void pin(V& v) {
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__AVX512F__)
+  __m512 r = v;
+  asm("" : "+v"(r));
+  v = r;
+#elif defined(__GNUC__) && defined(__x86_64__) && defined(__AVX__)
+  __m256 r = v;
+  asm("" : "+x"(r));
+  v = r;
+#else
+  (void)v;
+#endif
+}
+
 // Scores of NH heads against one tile: s (NH rows of ls floats) [h][t] = q[h] · row t.
 // tile: (nt, stride) of Elem; q: (NH, ldq) packed queries (pack_query_row), 64-byte aligned.
 // next: the same item's next tile (nullptr if none): its rows are prefetched as this tile's are
@@ -1723,7 +1752,8 @@ void few_scores(RowView<const Elem> tile, const float* q, std::size_t ldq, float
         for (int i = 0; i < NT; ++i) __builtin_prefetch(next + (t0 + i) * stride + k, 0, 2);
       }
       for (int h = 0; h < NH; ++h) {
-        const V qh = V::load_aligned(q + h * ldq + k);
+        V qh = V::load_aligned(q + h * ldq + k);
+        if constexpr (NT > 1) pin(qh);  // one load for NT FMAs
         for (int i = 0; i < NT; ++i) acc[i * NH + h] = xsimd::fma(c[i], qh, acc[i * NH + h]);
       }
     }
@@ -1750,7 +1780,8 @@ void few_pv_block(RowView<const Elem> rows, std::size_t j, const float* p, std::
     V x[NC];
     for (int c = 0; c < NC; ++c) x[c] = load_row(r + c * W);
     for (int h = 0; h < NH; ++h) {
-      const V ph(p[h * ldp + t]);
+      V ph(p[h * ldp + t]);
+      if constexpr (NC > 1) pin(ph);  // one broadcast for NC FMAs
       for (int c = 0; c < NC; ++c) o[h][c] = xsimd::fma(x[c], ph, o[h][c]);
     }
   }
