@@ -37,7 +37,7 @@
 //           while the tile is in L2; one group of heads meets every token of a tile before the
 //           next group's queries load. (Measured: no faster than v5 on a Zen 4; see its section.)
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
-// version 10 is v5 whose path for fewer than 8 heads keeps all the heads of an item in registers
+// version 10 is v5 whose path for fewer than 16 heads keeps all the heads of an item in registers
 //           at once (scores: tokens × heads filling the register file, summed across lanes by one
 //           transpose-and-add; weighted sum: heads × latent columns, stored once per tile), and
 //           whose head-blocked path asks for the next tile while it scores this one (v12's
@@ -878,7 +878,7 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
 
 // The driver of v5, v6 and v10 to v12: cut the step into items, run them on a.threads threads,
 // combine. Tiles: how the head-blocked path sees a tile (FloatTiles, or v12's bf16 as cached),
-// which tile it prefetches, and whether fewer than 8 heads take v10's path (Tiles::few_heads).
+// which tile it prefetches, and whether fewer than 16 heads take v10's path (Tiles::few_heads).
 template <class Elem, class Tiles = FloatTiles>
 void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   const std::size_t B = a.batch, H = a.heads;
@@ -1862,7 +1862,7 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
   }
 }
 
-// v10's tiles: v5's, the next one prefetched; fewer than 8 heads take run_few_heads.
+// v10's tiles: v5's, the next one prefetched; fewer than 16 heads take run_few_heads.
 struct PrefetchedTiles : FloatTiles {
   static const char* next(const LatentCache& c, std::size_t i) {
     return reinterpret_cast<const char*>(c.tile_f32(i));
@@ -1870,7 +1870,7 @@ struct PrefetchedTiles : FloatTiles {
   static constexpr bool few_heads = true;
 };
 
-// v11's tiles: v6's (widened, no prefetch); fewer than 8 heads take run_few_heads.
+// v11's tiles: v6's (widened, no prefetch); fewer than 16 heads take run_few_heads.
 struct FewHeadsTiles : FloatTiles {
   static constexpr bool few_heads = true;
 };
@@ -1929,7 +1929,7 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 //    times as many: at best v12's speed here. Two parts also leave an error of up to 2^-16 of
 //    each query number, up to ~5e-4 in a score of DeepSeek's widths (Σ|q_k·c_k| ≈ 32), where the
 //    tests hold the bf16 kernels to 1e-5 + 1e-4·|ref| of v1 on the rounded cache.
-// Fewer than 8 heads run v11's (v10's) few-heads path.
+// Fewer than 16 heads run v11's (v10's) few-heads path.
 
 namespace {
 
@@ -1966,7 +1966,7 @@ struct CachedTiles {
   static const char* next(const LatentCache& c, std::size_t i) {
     return reinterpret_cast<const char*>(c.tile_bf16(i));
   }
-  static constexpr bool few_heads = true;  // below 8 heads: v11's path
+  static constexpr bool few_heads = true;  // below 16 heads: v11's path
 };
 
 }  // namespace

@@ -85,15 +85,15 @@ void mla_decode_v8(const SeqRef* seqs, const DecodeArgs& a);
 /// v9: v8 on a bf16 cache (fewer than 8 heads: v6's per-head path). BF16 caches.
 void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
 
-/// v10: v5 with a register-blocked path for fewer than 8 heads (all heads of an item in
-/// registers at once, instead of one pass per head) and, at 8 heads or more, the next tile
-/// prefetched while this one is scored. F32 caches.
+/// v10: v5 with a register-blocked path for fewer than 16 heads (8 with SSE: below a full head
+/// group), all heads of an item in registers at once instead of one pass per head, and, from 16
+/// heads, the next tile prefetched while this one is scored. F32 caches.
 void mla_decode_v10(const SeqRef* seqs, const DecodeArgs& a);
 /// v11: v6 with v10's few-heads path. BF16 caches.
 void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a);
 /// v12: v11 without the widened tile: 8 heads or more, the micro-kernels read the bf16 tile as
 /// cached, a pair of numbers per 32-bit load widened in registers, and the next tile is
-/// prefetched (fewer than 8 heads: v11's path). Same outputs as v6 (8 heads or more) and v11.
+/// prefetched (fewer than 16 heads: v11's path). Same outputs as v6 (16 heads or more) and v11.
 /// BF16 caches.
 void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a);
 
