@@ -29,8 +29,8 @@ struct StepItem {
 /// The batched forward pass over paged caches.
 class Engine {
  public:
-  /// `threads`: the attention's (MLA: chapter 7's mla_decode_best, split over sequences × head blocks ×
-  /// chunks; GQA: over rows × heads).
+  /// `threads`: the attention's (MLA: chapter 7's mla_decode_best, split over sequences × head
+  /// blocks × chunks; GQA: over rows × heads).
   Engine(std::shared_ptr<const Model> m, const PageLayout& layout, int threads = 1);
   /// One step over the items (rows: every item's tokens in order). Appends the tokens to the
   /// sequences' caches. Returns the logits of each item's LAST token: (items, V).
