@@ -542,6 +542,25 @@ Partial partial_of(const Item& it, std::size_t hh, std::size_t lat_stride) {
   return {p + hh * lat_stride, p[it.hb * lat_stride + hh], p[it.hb * lat_stride + it.hb + hh]};
 }
 
+// The other direction: head hh's running max and sum into it.part (its unnormalized output is
+// written by the caller to it.part + hh·lat_stride, in whatever order its accumulators hold).
+void store_softmax(const Item& it, std::size_t hh, std::size_t lat_stride,
+                   const OnlineSoftmax& sm) {
+  it.part[it.hb * lat_stride + hh] = sm.m;
+  it.part[it.hb * lat_stride + it.hb + hh] = sm.l;
+}
+
+// The queries of an item's heads, each packed like a cache row (pack_query_row):
+// q (it.nh, stride).
+void pack_item_queries(const DecodeArgs& a, const Item& it, std::size_t lat_stride,
+                       std::size_t stride, float* q) {
+  for (std::size_t hh = 0; hh < it.nh; ++hh) {
+    const std::size_t h = it.b * a.heads + it.h0 + hh;
+    pack_query_row(a.q_lat + h * a.d_c, a.q_rope + h * a.d_r, a, lat_stride, stride,
+                   q + hh * stride);
+  }
+}
+
 // Per-thread scratch of a head block, reused across calls (no allocation per decode step once
 // warm). Hb = the block's lanes.
 struct BlockScratch {
@@ -760,9 +779,10 @@ constexpr std::size_t kPerHeadBelow = 8;
 
 // Per-thread scratch of the per-head path.
 struct PerHeadScratch {
-  AlignedVec q;    // (heads, stride) packed queries
-  AlignedVec acc;  // (heads, lat_stride) accumulated outputs
-  AlignedVec s;    // (kTileTokens) one head's scores of one tile
+  AlignedVec q;      // (heads, stride) packed queries
+  AlignedVec acc;    // (heads, lat_stride) accumulated outputs
+  AlignedVec s;      // (kTileTokens) one head's scores of one tile; v10: (heads, kTileTokens)
+  AlignedVec alpha;  // v10: (heads) this tile's rescale factors
 };
 
 PerHeadScratch& per_head_scratch() {
@@ -816,10 +836,8 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
   grow(ws.acc, nh * lat);
   grow(ws.s, kTile);
   std::vector<HeadState> st(nh);
+  pack_item_queries(a, it, lat, stride, ws.q.data());
   for (std::size_t hh = 0; hh < nh; ++hh) {
-    const std::size_t h = it.h0 + hh;
-    pack_query_row(a.q_lat + (it.b * a.heads + h) * a.d_c, a.q_rope + (it.b * a.heads + h) * a.d_r,
-                   a, lat, stride, ws.q.data() + hh * stride);
     st[hh].acc = ws.acc.data() + hh * lat;
     std::fill(st[hh].acc, st[hh].acc + lat, 0.0f);
   }
@@ -833,11 +851,9 @@ void run_heads_per_tile(const LatentCache& cache, std::size_t length, const Deco
       }
     });
   }
-  float* po = it.part;  // the layout of partial_of
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    std::copy(st[hh].acc, st[hh].acc + lat, po + hh * lat);
-    po[it.hb * lat + hh] = st[hh].sm.m;
-    po[it.hb * lat + it.hb + hh] = st[hh].sm.l;
+  for (std::size_t hh = 0; hh < nh; ++hh) {  // the layout of partial_of
+    std::copy(st[hh].acc, st[hh].acc + lat, it.part + hh * lat);
+    store_softmax(it, hh, lat, st[hh].sm);
   }
 }
 
@@ -1487,8 +1503,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
     for (std::size_t k = 0; k < lat; ++k) {
       o[k] = acc[lane_index(k)] * kLaneAcc;
     }
-    po[it.hb * lat + hh] = sm[hh].m;
-    po[it.hb * lat + it.hb + hh] = sm[hh].l;
+    store_softmax(it, hh, lat, sm[hh]);
   }
   return true;
 }
@@ -1802,14 +1817,6 @@ void few_pv(RowView<const Elem> rows, const float* p, std::size_t ldp, const flo
   }
 }
 
-// Per-thread scratch of the few-heads path.
-struct FewHeadsScratch {
-  AlignedVec q;    // (nh, stride) packed queries
-  AlignedVec acc;  // (nh, lat_stride) accumulated outputs
-  AlignedVec s;    // (nh, kTileTokens) scores, then probabilities
-  AlignedVec alpha;
-};
-
 // Heads [h, h + n) of an item as groups of 4, 2 and 1: fn(NH constant, first head).
 template <class Fn>
 void for_head_groups(std::size_t nh, Fn&& fn) {
@@ -1823,17 +1830,13 @@ template <class Elem>
 void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                    const Item& it) {
   const std::size_t lat = cache.lat_stride(), stride = cache.stride(), nh = it.nh;
-  static thread_local FewHeadsScratch ws;
+  PerHeadScratch& ws = per_head_scratch();  // the per-head path's buffers, sized for this one
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
   grow(ws.s, nh * kTile);
   grow(ws.alpha, nh);
   std::vector<OnlineSoftmax> sm(nh);
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    const std::size_t h = it.h0 + hh;
-    pack_query_row(a.q_lat + (it.b * a.heads + h) * a.d_c, a.q_rope + (it.b * a.heads + h) * a.d_r,
-                   a, lat, stride, ws.q.data() + hh * stride);
-  }
+  pack_item_queries(a, it, lat, stride, ws.q.data());
   std::fill(ws.acc.begin(), ws.acc.begin() + nh * lat, 0.0f);
   float *S = ws.s.data(), *acc = ws.acc.data(), *alpha = ws.alpha.data();
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
@@ -1854,12 +1857,8 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
       few_pv<NH(), kFewAcc / NH()>(lat_rows, S + h * kTile, kTile, alpha + h, acc + h * lat, lat);
     });
   }
-  float* po = it.part;  // the layout of partial_of
-  std::copy(acc, acc + nh * lat, po);
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    po[it.hb * lat + hh] = sm[hh].m;
-    po[it.hb * lat + it.hb + hh] = sm[hh].l;
-  }
+  std::copy(acc, acc + nh * lat, it.part);  // the layout of partial_of
+  for (std::size_t hh = 0; hh < nh; ++hh) store_softmax(it, hh, lat, sm[hh]);
 }
 
 // v10's tiles: v5's, the next one prefetched; fewer than 16 heads take run_few_heads.
