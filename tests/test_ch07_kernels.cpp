@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <ctime>
 #include <limits>
 #include <string>
@@ -241,6 +242,50 @@ TEST_CASE("the tiled latent cache keeps every number, pads with zeros, never mov
   half.append(c.data(), k.data(), n);
   for (std::size_t t = 0; t < n; t += 7) CHECK(half.at(t, 3) == round_bf16(c(t, 3)));
   CHECK(half.bytes_per_step() == Approx(cache.bytes_per_step() / 2));
+}
+
+TEST_CASE("a long cache's tiles come from large-page slabs, whole, apart and in place", "[ch07]") {
+  // DeepSeek's widths in fp32: 147,456-byte tiles, 14 to a 2 MiB slab; 40 tiles = the first 14
+  // one by one, then two slabs and part of a third.
+  const std::size_t d_c = 512, d_r = 64, n = 40 * LatentCache::kTileTokens - 5;
+  Rng rng(11);
+  const Mat c = rng.normal(n, d_c), k = rng.normal(n, d_r);
+  for (CacheType type : {CacheType::F32, CacheType::BF16, CacheType::FP8}) {
+    INFO("cache type " << int(type));
+    LatentCache cache(d_c, d_r, type);
+    cache.append(c.data(), k.data(), n);
+    REQUIRE(cache.tiles() == 40);
+    auto tile_of = [&](std::size_t i) {
+      return type == CacheType::F32    ? reinterpret_cast<const std::uint8_t*>(cache.tile_f32(i))
+             : type == CacheType::BF16 ? reinterpret_cast<const std::uint8_t*>(cache.tile_bf16(i))
+                                       : cache.tile_fp8(i);
+    };
+    std::vector<const std::uint8_t*> tiles;
+    for (std::size_t i = 0; i < cache.tiles(); ++i) {
+      CHECK(reinterpret_cast<std::uintptr_t>(tile_of(i)) % 64 == 0);
+      tiles.push_back(tile_of(i));
+    }
+    // No two tiles overlap.
+    std::vector<const std::uint8_t*> sorted = tiles;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 1; i < sorted.size(); ++i)
+      CHECK(static_cast<std::size_t>(sorted[i] - sorted[i - 1]) >= cache.tile_bytes());
+    LatentCache ref(d_c, d_r, type);  // the same rows, appended one at a time
+    for (std::size_t t = 0; t < n; ++t) ref.append(c.data() + t * d_c, k.data() + t * d_r, 1);
+    for (std::size_t t = 0; t < n; t += 3) {
+      for (std::size_t j = 0; j < d_c + d_r; j += 5) REQUIRE(cache.at(t, j) == ref.at(t, j));
+    }
+    if (type == CacheType::F32) {
+      for (std::size_t t = 0; t < n; t += 7) REQUIRE(cache.at(t, 100) == c(t, 100));
+    }
+    // Cleared and refilled one token further on, the cache writes into the same tiles.
+    cache.clear();
+    cache.append(c.data() + (n - 1) * d_c, k.data() + (n - 1) * d_r, 1);
+    cache.append(c.data(), k.data(), n);
+    REQUIRE(cache.tiles() == 40);
+    for (std::size_t i = 0; i < 40; ++i) CHECK(tile_of(i) == tiles[i]);
+    for (std::size_t t = 0; t < n; t += 11) REQUIRE(cache.at(t + 1, 9) == ref.at(t, 9));
+  }
 }
 
 TEST_CASE("a gathered cache holds exactly the selected rows, in order, for every cache type",

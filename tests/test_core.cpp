@@ -2,12 +2,15 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <vector>
 
 #include "mla/compare.hpp"
 #include "mla/json.hpp"
+#include "mla/memory.hpp"
 #include "mla/parallel.hpp"
 #include "mla/random.hpp"
 #include "mla/table.hpp"
@@ -154,6 +157,17 @@ TEST_CASE("json fields: out-of-range numbers are errors, never undefined behavio
   CHECK(json_field<std::size_t>(j, "ok", "t.json") == 4096);
   CHECK_THROWS_AS(parse_json(R"({"x": 1e999})", "t.json"),
                   InputError);  // out_of_range, not a crash
+}
+
+TEST_CASE("large-page memory is 2 MiB aligned and all of it is usable", "[core]") {
+  for (std::size_t bytes : {std::size_t{1}, std::size_t{5000}, kLargePage, kLargePage + 1}) {
+    INFO(bytes << " bytes");
+    LargePagesPtr p = alloc_large_pages(bytes);
+    REQUIRE(p);
+    CHECK(reinterpret_cast<std::uintptr_t>(p.get()) % kLargePage == 0);
+    std::memset(p.get(), 0xA5, bytes);  // under ASan, a short allocation would be reported here
+    CHECK(p.get()[bytes - 1] == 0xA5);
+  }
 }
 
 TEST_CASE("parallel_for runs every iteration and hands a worker's exception to the caller",

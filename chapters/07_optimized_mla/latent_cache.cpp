@@ -77,13 +77,27 @@ void* LatentCache::row(std::size_t t) {
     }
     // A new tile, zero-filled so that the padding columns hold zeros (code 0 is +0 in e4m3
     // too). Its size is a multiple of 64 bytes (a row is a multiple of 16 bytes, 64 rows), as
-    // aligned_alloc requires.
-    const std::size_t bytes = kTileTokens * row_bytes_;
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
+    // aligned_alloc requires. The first large page's worth of tiles are allocated one by one;
+    // after that, tiles are cut from 2 MiB slabs (see the class comment). A tile of more than
+    // 1 MiB (widths far from DeepSeek's) stays on its own.
+    const std::size_t bytes = tile_bytes(), per_slab = kLargePage / bytes;
+    unsigned char* p = nullptr;
+    if (per_slab >= 2 && tile_ptrs_.size() >= per_slab) {
+      if (slab_left_ == 0) {
+        slabs_.push_back(alloc_large_pages(per_slab * bytes));
+        slab_next_ = slabs_.back().get();
+        slab_left_ = per_slab;
+      }
+      p = slab_next_;
+      slab_next_ += bytes;
+      --slab_left_;
+    } else {
+      p = static_cast<unsigned char*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      tiles_.emplace_back(p);
+    }
     std::memset(p, 0, bytes);
-    tiles_.emplace_back(static_cast<unsigned char*>(p));
-    tile_ptrs_.push_back(tiles_.back().get());
+    tile_ptrs_.push_back(p);
   }
   unsigned char* r = tile_ptrs_[tile] + (t % kTileTokens) * row_bytes_;
   // A borrowed tile holds what its last user left: zero the row, so its padding is zeros.

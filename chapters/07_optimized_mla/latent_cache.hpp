@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "mla/memory.hpp"
+
 namespace mla::ch07 {
 
 /// @addtogroup ch07
@@ -54,6 +56,10 @@ inline double cache_bytes_per_token(std::size_t d_c, std::size_t d_r, CacheType 
 ///  - appending fills the last tile and adds a new one when it is full: cached tokens never move
 ///    (a growing std::vector would copy the whole cache on every reallocation), and nothing is
 ///    re-laid-out per decode step — the cost of the layout is paid once, when a token arrives.
+///  - once a cache holds a large page's worth of tiles (2 MiB: 14 fp32 tiles of DeepSeek's
+///    widths, 896 tokens), its further tiles come in slabs of 2 MiB pages (mla/memory.hpp): a
+///    long context is streamed every step, and in 4 KiB pages a TLB miss every 4 KiB slowed
+///    the 16-head step by a tenth. A short cache keeps to its own small tiles.
 ///
 /// An FP8 row is bytes, not numbers of one type (row_bytes() of them):
 ///
@@ -154,7 +160,10 @@ class LatentCache {
   std::size_t fp8_tile_, fp8_rope_offset_, row_bytes_;
   std::size_t size_ = 0;
   float fp8_scale_max_ = 0.0f;
-  std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;  // owned tiles
+  std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;  // owned tiles, one by one
+  std::vector<LargePagesPtr> slabs_;       // owned tiles of a long cache, a 2 MiB slab at a time
+  unsigned char* slab_next_ = nullptr;     // the current slab's next free tile
+  std::size_t slab_left_ = 0;              // and how many it has left
   std::vector<unsigned char*> tile_ptrs_;  // every tile in order, owned or borrowed
   bool borrowed_ = false;                  // true once a tile is borrowed: never allocate
 };

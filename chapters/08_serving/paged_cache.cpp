@@ -42,10 +42,6 @@ PageLayout page_layout(const ModelConfig& cfg, ch07::CacheType type) {
 // The pool
 // ---------------------------------------------------------------------------------------------
 
-void BlockPool::FreeDeleter::operator()(void* p) const {
-  std::free(p);
-}
-
 BlockPool::BlockPool(std::size_t block_bytes, std::size_t budget_bytes)
     : block_bytes_(block_bytes), budget_(budget_bytes) {
   if (block_bytes == 0 || block_bytes % 64 != 0) {
@@ -59,9 +55,7 @@ BlockPool::BlockPool(std::size_t block_bytes, std::size_t budget_bytes)
   }
   if (n > std::size_t(std::numeric_limits<int>::max()))
     throw InputError("KV budget: too many blocks");
-  void* p = std::aligned_alloc(64, n * block_bytes);
-  if (!p) throw std::bad_alloc();
-  mem_.reset(static_cast<unsigned char*>(p));
+  mem_ = alloc_large_pages(n * block_bytes);
   base_ = mem_.get();
   in_use_.assign(n, 0);
   // Block 0 is handed out first.

@@ -21,6 +21,7 @@
 
 #include "07_optimized_mla/latent_cache.hpp"
 #include "08_serving/model.hpp"
+#include "mla/memory.hpp"
 
 namespace mla::ch08 {
 
@@ -72,11 +73,8 @@ class BlockPool {
   void set_free_order(const std::vector<int>& order);
 
  private:
-  struct FreeDeleter {
-    void operator()(void* p) const;
-  };
   std::size_t block_bytes_, budget_;
-  std::unique_ptr<unsigned char, FreeDeleter> mem_;
+  LargePagesPtr mem_;  // every block, in 2 MiB pages where the OS gives them (mla/memory.hpp)
   unsigned char* base_ = nullptr;
   std::vector<int> free_;     // a stack: the back is handed out next
   std::vector<char> in_use_;  // per block
