@@ -3,6 +3,9 @@
 #include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "mla/exercise.hpp"
 
+#include <algorithm>
+#include <numeric>
+
 namespace mla::ch07 {
 
 namespace {
@@ -64,8 +67,8 @@ float OnlineSoftmax::step(float* s, std::size_t nt, std::size_t n_pad, float til
 
 std::size_t kv_chunks(std::size_t units, int threads) {
   const std::size_t T = static_cast<std::size_t>(std::max(threads, 1));
-  if (units == 0 || (units >= T && units % T == 0)) return 1;
-  return (2 * T + units - 1) / units;
+  if (units == 0) return 1;
+  return T / std::gcd(units, T);
 }
 
 }  // namespace mla::ch07
