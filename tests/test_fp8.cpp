@@ -555,8 +555,10 @@ TEST_CASE("FP8 weights of layer N (--layer) beside another layer, single file an
 #include "07_optimized_mla/kernels/mla_decode.hpp"
 #include "07_optimized_mla/runner.hpp"
 
-TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 within its tolerance",
-          "[ch07][fp8]") {
+TEST_CASE(
+    "v7 and v13 (FP8 cache) equal v1 on the dequantized cache, and v1 on fp32 within its "
+    "tolerance",
+    "[ch07][fp8]") {
   using namespace mla::ch07;
   std::mt19937 gen(11);
   std::normal_distribution<float> n01(0.0f, 1.0f);
@@ -568,10 +570,16 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
   // partial tiles and a partial scale tile (d_c 160); latents too large for the lane path's
   // folded scales (scale 2^44 > 2^39) and queries too large for its 2^64 factor (both decline to
   // the generic path, which must give the same).
+  // v13's few-heads path (below 16 heads, d_c a multiple of 64): head groups of 4, 2 and 1 (7 and
+  // 13 heads), an odd last tile (pairs of rows), latent widths of 1, 5 and 8 chunks of 64 (its
+  // weighted sum takes 4 / NH chunks at a time), scale tiles of 64 and 128; from 16 heads it is
+  // v7's head-blocked path with a prefetch.
   for (const Shape sh :
        {Shape{2, 1, 150, 512, 64}, Shape{1, 4, 64, 160, 16}, Shape{1, 3, 200, 256, 64},
         Shape{1, 2, 70, 512, 64, 1e16f, 1.0f}, Shape{1, 2, 70, 512, 64, 1.0f, 1e20f},
-        Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}}) {
+        Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}, Shape{1, 7, 131, 512, 64},
+        Shape{2, 13, 67, 320, 64}, Shape{1, 6, 129, 64, 16}, Shape{1, 15, 200, 512, 64},
+        Shape{1, 4, 3, 512, 64}}) {
     const std::size_t D = sh.d_c + sh.d_r;
     std::vector<float> rows(sh.B * sh.T * D), q_lat(sh.B * sh.H * sh.d_c),
         q_rope(sh.B * sh.H * sh.d_r);
@@ -607,19 +615,23 @@ TEST_CASE("v7 (FP8 cache) equals v1 on the dequantized cache, and v1 on fp32 wit
                 << threads);
       a.threads = threads;
       a.out = got.data();
-      std::fill(got.begin(), got.end(), std::numeric_limits<float>::quiet_NaN());
-      mla_decode_v7(seqs.data(), a);
-      for (std::size_t i = 0; i < got.size(); ++i) {
-        CHECK(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
-        // (With 10^20 times the query the softmax is one-hot: which token wins may differ
-        // between the fp32 cache and its FP8 rounding, so only the dequantized one is compared.)
-        if (sh.q_mul == 1.0f)
-          CHECK(std::fabs(got[i] - ref[i]) <= kFp8Atol + kFp8Rtol * std::fabs(ref[i]));
+      // v13 for an FP8 cache, and what mla_decode_best picks (v13 again).
+      for (auto* kernel : {mla_decode_v7, mla_decode_v13, mla_decode_best}) {
+        INFO((kernel == mla_decode_v7 ? "v7" : kernel == mla_decode_v13 ? "v13" : "best"));
+        std::fill(got.begin(), got.end(), std::numeric_limits<float>::quiet_NaN());
+        kernel(seqs.data(), a);
+        std::size_t bad = 0, bad_fp32 = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+          bad += !(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
+          // (With 10^20 times the query the softmax is one-hot: which token wins may differ
+          // between the fp32 cache and its FP8 rounding, so only the dequantized one is
+          // compared.)
+          if (sh.q_mul == 1.0f)
+            bad_fp32 += !(std::fabs(got[i] - ref[i]) <= kFp8Atol + kFp8Rtol * std::fabs(ref[i]));
+        }
+        CHECK(bad == 0);
+        CHECK(bad_fp32 == 0);
       }
-      std::fill(got.begin(), got.end(), 0.0f);
-      mla_decode_best(seqs.data(), a);  // picks v7 for an FP8 cache
-      for (std::size_t i = 0; i < got.size(); ++i)
-        CHECK(std::fabs(got[i] - ref_dq[i]) <= kF32Atol + kF32Rtol * std::fabs(ref_dq[i]));
     }
   }
 }

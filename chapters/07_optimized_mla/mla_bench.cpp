@@ -57,11 +57,11 @@ std::vector<std::string> select(const Options& o, bool sweep) {
   } else {
     for (const Kernel& k : kernels()) {
       // The sweep times what matters per configuration: the reference where cheap, the fast
-      // kernels of each cache type (fp32 v5 and v10, bf16 v6, v11 and v12, FP8 v7; v8 and v9
-      // measured no faster than v5 and v6, so they are left to --impl), and, without --quick, the
-      // BLAS peer and the MHA baseline.
+      // kernels of each cache type (fp32 v5 and v10, bf16 v6, v11 and v12, FP8 v7 and v13; v8
+      // and v9 measured no faster than v5 and v6, so they are left to --impl), and, without
+      // --quick, the BLAS peer and the MHA baseline.
       const bool fast = k.name == "v5" || k.name == "v6" || k.name == "v7" || k.name == "v10" ||
-                        k.name == "v11" || k.name == "v12";
+                        k.name == "v11" || k.name == "v12" || k.name == "v13";
       const bool peers = !o.quick && (k.name == "blas" || k.name == "mha_v2");
       if (sweep && k.name != "v1" && !fast && !peers) continue;
       names.push_back(k.name);

@@ -217,6 +217,10 @@ const std::vector<Kernel>& kernels() {
         CacheType::BF16, [](const MlaInputs& in, float* out, int th) {
           mla_decode_v12(in.seqs_bf16.data(), in.args(out, th));
         });
+    mla("v13", "v7 + a few heads in registers, each FP8 code widened once for all", true,
+        CacheType::FP8, [](const MlaInputs& in, float* out, int th) {
+          mla_decode_v13(in.seqs_fp8.data(), in.args(out, th));
+        });
     auto mha = [&](const char* name, const char* what, bool threaded,
                    void (*run)(const MhaInputs&, float*, int)) {
       Kernel e;

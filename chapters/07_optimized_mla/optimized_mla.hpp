@@ -92,7 +92,7 @@ struct MhaInputs {
 
 /// One kernel of the menu, runnable on MlaInputs or MhaInputs.
 struct Kernel {
-  std::string name;                  ///< "v1".."v9", "v12", "mha_v1", "mha_v2", "blas"
+  std::string name;                  ///< "v1".."v13", "mha_v1", "mha_v2", "blas"
   std::string summary;               ///< one line: what changed
   bool mha = false;                  ///< reads MhaInputs (else MlaInputs)
   bool threaded = false;             ///< uses RunOptions::threads (else runs on one thread)
@@ -103,7 +103,7 @@ struct Kernel {
   void (*run_mha)(const MhaInputs&, float* out, int threads) = nullptr;
 };
 
-/// Every kernel, in menu order: v1..v11, mha_v1, mha_v2, blas.
+/// Every kernel, in menu order: v1..v13, mha_v1, mha_v2, blas.
 const std::vector<Kernel>& kernels();
 /// The kernel called `name`, or nullptr.
 const Kernel* find_kernel(const std::string& name);

@@ -1436,31 +1436,56 @@ inline void lane_update_chunks(const Fp8Rows& f, std::size_t c0, const float* p,
 
 constexpr int kLaneChunks = 2;
 
+// Whether the lane-order paths (this one and v13's) can take an item of this cache: whole
+// 64-code chunks, and every scale small enough for the 2^88 folded into the weights.
+bool lanes_fit(const LatentCache& cache) {
+  return cache.lat_stride() % 64 == 0 && cache.fp8_tile() % 64 == 0 &&
+         cache.fp8_scale_max() <= 0x1p39f;
+}
+
+// An item's queries for the lane-order paths: q (it.nh, stride), each head's [2^64 q_lat in lane
+// order (lat_stride) | q_rope as pack_query_row packs it]. False (decline) if 2^64 q could
+// overflow.
+bool pack_lane_queries(const DecodeArgs& a, const Item& it, std::size_t lat, std::size_t stride,
+                       float* q) {
+  static thread_local AlignedVec packed;  // (stride) one head's query as pack_query_row gives it
+  grow(packed, stride);
+  for (std::size_t hh = 0; hh < it.nh; ++hh) {
+    const std::size_t h = it.b * a.heads + it.h0 + hh;
+    pack_query_row(a.q_lat + h * a.d_c, a.q_rope + h * a.d_r, a, lat, stride, packed.data());
+    float* qh = q + hh * stride;
+    for (std::size_t k = 0; k < lat; ++k) {
+      if (std::isfinite(packed[k]) && !(std::fabs(packed[k]) < 0x1p62f)) return false;
+      qh[lane_index(k)] = packed[k] * kLaneQ;
+    }
+    std::copy(packed.data() + lat, packed.data() + stride, qh + lat);
+  }
+  return true;
+}
+
+// An item's partial result from lane-order accumulators acc (it.nh, lat) = 2^-32 o: o back in
+// column order into it.part (the layout of partial_of), with each head's max and sum.
+void store_lane_outputs(const Item& it, std::size_t lat, const float* acc,
+                        const std::vector<OnlineSoftmax>& sm) {
+  for (std::size_t hh = 0; hh < it.nh; ++hh) {
+    const float* ah = acc + hh * lat;
+    float* o = it.part + hh * lat;
+    for (std::size_t k = 0; k < lat; ++k) o[k] = ah[lane_index(k)] * kLaneAcc;
+    store_softmax(it, hh, lat, sm[hh]);
+  }
+}
+
 bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                         const Item& it) {
   const std::size_t lat = cache.lat_stride(), stride = cache.stride();
   const std::size_t nh = it.nh, tile = cache.fp8_tile();
-  if (lat % 64 != 0 || tile % 64 != 0 || !(cache.fp8_scale_max() <= 0x1p39f)) return false;
+  if (!lanes_fit(cache)) return false;
   PerHeadScratch& ws = per_head_scratch();
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
   grow(ws.s, kTile);
-  // packed: (stride) one head's query as pack_query_row gives it.
-  static thread_local AlignedVec packed;
-  grow(packed, stride);
-  // Queries: [2^64 q_lat in lane order | q_rope], each head's; decline if 2^64 q could overflow.
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    const std::size_t h = it.h0 + hh;
-    pack_query_row(a.q_lat + (it.b * a.heads + h) * a.d_c, a.q_rope + (it.b * a.heads + h) * a.d_r,
-                   a, lat, stride, packed.data());
-    float* q = ws.q.data() + hh * stride;
-    for (std::size_t k = 0; k < lat; ++k) {
-      if (std::isfinite(packed[k]) && !(std::fabs(packed[k]) < 0x1p62f)) return false;
-      q[lane_index(k)] = packed[k] * kLaneQ;
-    }
-    std::copy(packed.data() + lat, packed.data() + stride, q + lat);
-    std::fill(ws.acc.data() + hh * lat, ws.acc.data() + (hh + 1) * lat, 0.0f);
-  }
+  if (!pack_lane_queries(a, it, lat, stride, ws.q.data())) return false;
+  std::fill(ws.acc.begin(), ws.acc.begin() + nh * lat, 0.0f);
   std::vector<OnlineSoftmax> sm(nh);
   const std::size_t rb = cache.row_bytes();
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
@@ -1495,16 +1520,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
       for (; c0 < lat; c0 += 64) lane_update_chunks<1>(f, c0, s, alpha, acc);
     }
   }
-  // Back in column order, times 2^32, in the layout of partial_of.
-  float* po = it.part;
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    const float* acc = ws.acc.data() + hh * lat;
-    float* o = po + hh * lat;
-    for (std::size_t k = 0; k < lat; ++k) {
-      o[k] = acc[lane_index(k)] * kLaneAcc;
-    }
-    store_softmax(it, hh, lat, sm[hh]);
-  }
+  store_lane_outputs(it, lat, ws.acc.data(), sm);
   return true;
 }
 
@@ -1975,11 +1991,234 @@ void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a) {
   decode_split<std::uint16_t, CachedTiles>(seqs, a);
 }
 
+// ============================================================================================
+// version 13: v7 with few heads in registers
+// ============================================================================================
+// v7's per-head lanes path runs one head at a time: every head widens every code of the tile
+// twice (scores and weighted sum), 9 shift and mask instructions per 64 codes for 4 FMAs each.
+// At 4 heads that is the step's cost: v7 reached 35-43% of the read bandwidth where the FP8
+// step should be memory-bound (or 40-44% of the FMA peak where, at 13 FLOP per byte, it is
+// not), while v10 and v12 read at the limit. v13 widens each 64 codes once for all the heads of
+// an item, in groups of NH ∈ {4, 2, 1} heads (v10's for_head_groups), the codes in v7's lane
+// order (widen_e4m3_lanes) and v7's powers of two folded into the scales:
+//   scores:       two rows × NH heads at a time, per 64 codes: 2 rows widened (8 vectors),
+//                 4 query vectors per head feeding 2 FMAs each; a row's sums are folded by its
+//                 scale per 128 codes; 16 / NH rows × NH heads = 16 totals go through one
+//                 sum_lanes.
+//   weighted sum: 4 / NH chunks of 64 codes × NH heads in registers over the whole tile, per row
+//                 the codes widened once and each head's weight (p · scale · 2^88, a table per
+//                 tile) broadcast once.
+// The next tile is asked for during the scores, each head group's pairs of rows a share. From 16
+// heads v13 is v7 (each tile dequantized once into floats for v5's head blocks), plus the next
+// tile prefetched during its scores; without AVX-512, and where v7's lane path would decline (a
+// scale above 2^39, a query above 2^62), v13 is v7 too.
+
+namespace {
+
+#if defined(__AVX512F__)
+
+// Scores of NH heads against the tile's rows: s (NH rows of ls floats) [h][t] = q[h] · row t.
+// q: (NH, ldq) as pack_lane_queries packs them. pf: pf_bytes to prefetch, spread over the pairs
+// of rows.
+template <int NH>
+void fp8_few_scores(const Fp8Rows& f, const float* q, std::size_t ldq, float* s, std::size_t ls,
+                    const std::uint8_t* pf, std::size_t pf_bytes) {
+  constexpr int RG = 16 / NH;              // rows per sum_lanes: RG · NH = 16 totals
+  constexpr int P = NH >= 4 ? 1 : 4 / NH;  // accumulators per (row, head): 8 FMA chains
+  const std::size_t pairs = (f.nt + 1) / 2, lines = pf ? (pf_bytes + 63) / 64 : 0;
+  for (std::size_t t0 = 0; t0 < f.nt; t0 += RG) {
+    alignas(64) __m512 tot[16];
+    for (int r0 = 0; r0 < RG; r0 += 2) {
+      const std::size_t pair = (t0 + static_cast<std::size_t>(r0)) / 2;
+      for (std::size_t l = pair * lines / pairs; l < (pair + 1) * lines / pairs && pair < pairs;
+           ++l)
+        __builtin_prefetch(pf + 64 * l, 0, 2);
+      std::size_t tr[2];  // past the tile's end: a repeat of its last row, discarded
+      for (int i = 0; i < 2; ++i) tr[i] = std::min(t0 + static_cast<std::size_t>(r0 + i), f.nt - 1);
+      const std::uint8_t* row[2] = {f.row(tr[0]), f.row(tr[1])};
+      __m512 T[2][NH];
+      for (int i = 0; i < 2; ++i)
+        for (int h = 0; h < NH; ++h) T[i][h] = _mm512_setzero_ps();
+      for (std::size_t j = 0, k0 = 0; k0 < f.lat; ++j, k0 += f.tile) {
+        const std::size_t k1 = std::min(f.lat, k0 + f.tile);
+        __m512 A[2][NH][P];
+        for (int i = 0; i < 2; ++i)
+          for (int h = 0; h < NH; ++h)
+            for (int u = 0; u < P; ++u) A[i][h][u] = _mm512_setzero_ps();
+        for (std::size_t k = k0; k < k1; k += 64) {
+          __m512 x[2][4];
+          widen_e4m3_lanes(row[0] + k, x[0]);
+          widen_e4m3_lanes(row[1] + k, x[1]);
+          for (int h = 0; h < NH; ++h) {
+            for (int b = 0; b < 4; ++b) {
+              V qv = V::load_aligned(q + h * ldq + k + 16 * b);
+              pin(qv);  // one load for both rows
+              A[0][h][b % P] = _mm512_fmadd_ps(qv, x[0][b], A[0][h][b % P]);
+              A[1][h][b % P] = _mm512_fmadd_ps(qv, x[1][b], A[1][h][b % P]);
+            }
+          }
+        }
+        for (int i = 0; i < 2; ++i) {
+          const __m512 sc = _mm512_set1_ps(f.raw_scale(tr[i], j) * kLaneScore);
+          for (int h = 0; h < NH; ++h) {
+            __m512 a = A[i][h][0];
+            for (int u = 1; u < P; ++u) a = _mm512_add_ps(a, A[i][h][u]);
+            T[i][h] = _mm512_fmadd_ps(a, sc, T[i][h]);
+          }
+        }
+      }
+      for (std::size_t k = 0; k < f.rope; k += 16) {
+        __m512 x[2];
+        for (int i = 0; i < 2; ++i)
+          x[i] = load_bf16(reinterpret_cast<const std::uint16_t*>(row[i] + f.rope_offset) + k).data;
+        for (int h = 0; h < NH; ++h) {
+          const __m512 qv = _mm512_load_ps(q + h * ldq + f.lat + k);
+          for (int i = 0; i < 2; ++i) T[i][h] = _mm512_fmadd_ps(qv, x[i], T[i][h]);
+        }
+      }
+      for (int i = 0; i < 2; ++i)
+        for (int h = 0; h < NH; ++h) tot[(r0 + i) * NH + h] = T[i][h];
+    }
+    V v[16];
+    for (int i = 0; i < 16; ++i) v[i] = tot[i];
+    alignas(64) float sum[16];
+    sum_lanes(v).store_aligned(sum);
+    const std::size_t n = std::min<std::size_t>(RG, f.nt - t0);
+    for (std::size_t r = 0; r < n; ++r)
+      for (int h = 0; h < NH; ++h) s[h * ls + t0 + r] = sum[r * NH + h];
+  }
+}
+
+// acc (NH, lda), lane order, = alpha · acc + Σ_t w_t · x_t over the tile's rows, C chunks of 64
+// codes from c0. w: the weights p · scale · 2^88, w[t · ldw + h · ns + j] for row t, head h,
+// scale tile j.
+template <int NH, int C>
+void fp8_few_pv(const Fp8Rows& f, std::size_t c0, const float* w, std::size_t ldw, std::size_t ns,
+                const float* alpha, float* acc, std::size_t lda) {
+  __m512 o[NH][C][4];
+  for (int h = 0; h < NH; ++h) {
+    const __m512 al = _mm512_set1_ps(alpha[h]);
+    for (int c = 0; c < C; ++c)
+      for (int b = 0; b < 4; ++b)
+        o[h][c][b] = _mm512_mul_ps(_mm512_load_ps(acc + h * lda + c0 + 64 * c + 16 * b), al);
+  }
+  for (std::size_t t = 0; t < f.nt; ++t) {
+    const std::uint8_t* r = f.row(t);
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const std::size_t k = c0 + 64 * static_cast<std::size_t>(c), j = k / f.tile;
+      __m512 x[4];
+      widen_e4m3_lanes(r + k, x);
+#pragma GCC unroll 4
+      for (int h = 0; h < NH; ++h) {
+        V wv(w[t * ldw + h * ns + j]);
+        pin(wv);  // one broadcast for four FMAs
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; ++b) o[h][c][b] = _mm512_fmadd_ps(wv, x[b], o[h][c][b]);
+      }
+    }
+  }
+  for (int h = 0; h < NH; ++h)
+    for (int c = 0; c < C; ++c)
+      for (int b = 0; b < 4; ++b) _mm512_store_ps(acc + h * lda + c0 + 64 * c + 16 * b, o[h][c][b]);
+}
+
+// The weighted sum of NH heads over all the latent codes: 4 / NH chunks of 64 at a time (16
+// accumulators), one at a time for the last ones (lat_stride is a multiple of 64 here).
+template <int NH>
+void fp8_few_pv_all(const Fp8Rows& f, const float* w, std::size_t ldw, std::size_t ns,
+                    const float* alpha, float* acc, std::size_t lda) {
+  constexpr int C = 4 / NH;
+  std::size_t c0 = 0;
+  for (; c0 + 64 * C <= f.lat; c0 += 64 * C) fp8_few_pv<NH, C>(f, c0, w, ldw, ns, alpha, acc, lda);
+  if constexpr (C > 1) {
+    for (; c0 < f.lat; c0 += 64) fp8_few_pv<NH, 1>(f, c0, w, ldw, ns, alpha, acc, lda);
+  }
+}
+
+bool fp8_few_heads(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                   const Item& it) {
+  const std::size_t lat = cache.lat_stride(), stride = cache.stride(), nh = it.nh;
+  if (!lanes_fit(cache)) return false;
+  PerHeadScratch& ws = per_head_scratch();
+  grow(ws.q, nh * stride);
+  grow(ws.acc, nh * lat);
+  grow(ws.s, nh * kTile);
+  grow(ws.alpha, nh);
+  if (!pack_lane_queries(a, it, lat, stride, ws.q.data())) return false;
+  std::fill(ws.acc.begin(), ws.acc.begin() + nh * lat, 0.0f);
+  const std::size_t ns = cache.fp8_scales(), ldw = nh * ns, rb = cache.row_bytes();
+  static thread_local AlignedVec wt;  // (kTile, nh, ns) this tile's weights
+  grow(wt, kTile * ldw);
+  std::vector<OnlineSoftmax> sm(nh);
+  float *S = ws.s.data(), *acc = ws.acc.data(), *alpha = ws.alpha.data();
+  for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
+    const std::size_t nt = tile_tokens(length, i);
+    const Fp8Rows f{
+        cache.tile_fp8(i),       nt,          rb, lat, cache.fp8_tile(), cache.fp8_scale_offset(),
+        cache.fp8_rope_offset(), stride - lat};
+    const std::uint8_t* next = i + 1 < it.tile_end ? cache.tile_fp8(i + 1) : nullptr;
+    const std::size_t share = (cache.tile_bytes() + nh - 1) / nh;  // of the next tile, per head
+    for_head_groups(nh, [&](auto NH, std::size_t h) {
+      const std::size_t b0 = std::min(cache.tile_bytes(), h * share),
+                        b1 = std::min(cache.tile_bytes(), (h + NH()) * share);
+      fp8_few_scores<NH()>(f, ws.q.data() + h * stride, stride, S + h * kTile, kTile,
+                           next ? next + b0 : nullptr, b1 - b0);
+    });
+    for (std::size_t hh = 0; hh < nh; ++hh) {
+      float* s = S + hh * kTile;
+      alpha[hh] = sm[hh].step(s, nt, round_up(nt, W), *std::max_element(s, s + nt));
+      for (std::size_t t = 0; t < nt; ++t)
+        for (std::size_t j = 0; j < ns; ++j)
+          wt[t * ldw + hh * ns + j] = s[t] * f.raw_scale(t, j) * kLaneWeight;
+    }
+    for_head_groups(nh, [&](auto NH, std::size_t h) {
+      fp8_few_pv_all<NH()>(f, wt.data() + h * ns, ldw, ns, alpha + h, acc + h * lat, lat);
+    });
+  }
+  store_lane_outputs(it, lat, acc, sm);
+  return true;
+}
+
+#else
+
+bool fp8_few_heads(const LatentCache&, std::size_t, const DecodeArgs&, const Item&) {
+  return false;  // narrower SIMD: v7's paths
+}
+
+#endif
+
+// v13's tiles: v7's (dequantized into floats for the head blocks), the next one prefetched;
+// fewer than 16 heads take run_few_heads, which for an FP8 cache is fp8_few_heads.
+struct Fp8FewTiles : FloatTiles {
+  static const char* next(const LatentCache& c, std::size_t i) {
+    return reinterpret_cast<const char*>(c.tile_fp8(i));
+  }
+  static constexpr bool few_heads = true;
+};
+
+// run_few_heads for an FP8 cache (decode_split's few-heads path): v13's, or v7's where it
+// declines.
+template <>
+void run_few_heads<std::uint8_t>(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
+                                 const Item& it) {
+  if (fp8_few_heads(cache, length, a, it)) return;
+  if (fp8_per_head_lanes(cache, length, a, it)) return;
+  run_heads_per_tile<std::uint8_t>(cache, length, a, it);
+}
+
+}  // namespace
+
+void mla_decode_v13(const SeqRef* seqs, const DecodeArgs& a) {
+  check_seqs(seqs, a, CacheType::FP8);
+  decode_split<std::uint8_t, Fp8FewTiles>(seqs, a);
+}
+
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a) {
   if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::BF16) {
     mla_decode_v12(seqs, a);
   } else if (a.batch > 0 && seqs[0].cache && seqs[0].cache->type() == CacheType::FP8) {
-    mla_decode_v7(seqs, a);
+    mla_decode_v13(seqs, a);
   } else {
     mla_decode_v10(seqs, a);
   }

@@ -91,13 +91,19 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a);
 void mla_decode_v10(const SeqRef* seqs, const DecodeArgs& a);
 /// v11: v6 with v10's few-heads path. BF16 caches.
 void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a);
-/// v12: v11 without the widened tile: 8 heads or more, the micro-kernels read the bf16 tile as
+/// v12: v11 without the widened tile: from a full head group (16 heads with AVX2 or AVX-512), the
+/// micro-kernels read the bf16 tile as
 /// cached, a pair of numbers per 32-bit load widened in registers, and the next tile is
 /// prefetched (fewer than 16 heads: v11's path). Same outputs as v6 (16 heads or more) and v11.
 /// BF16 caches.
 void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a);
+/// v13: v7 whose path for fewer than 16 heads widens each 64 FP8 codes once for all the heads of
+/// an item, held in registers (v10's few-heads path on v7's lane-order codes; AVX-512 builds —
+/// elsewhere, and where v7's lane path declines, v7's paths), and whose head blocks prefetch the
+/// next tile. FP8 caches.
+void mla_decode_v13(const SeqRef* seqs, const DecodeArgs& a);
 
-/// The fastest version for the caches given: v10 for F32 caches, v12 for BF16, v7 for FP8 (all
+/// The fastest version for the caches given: v10 for F32 caches, v12 for BF16, v13 for FP8 (all
 /// caches of one call must share the type, d_c and d_r).
 void mla_decode_best(const SeqRef* seqs, const DecodeArgs& a);
 
