@@ -46,6 +46,9 @@
 //           as cached, a pair of numbers per 32-bit load widened in registers, and the next tile
 //           is prefetched, a line per step of the scores. As fast as v5 (fp32) or faster on a
 //           Zen 4 (0.95-1.20x), 83-96% of its FMA peak at 16 to 128 heads.
+// version 13 is v7 with v10's few-heads path on its FP8 codes: below 16 heads each 64 codes are
+//           widened once for all the heads of an item (v7 widens them once per head), and the
+//           head blocks prefetch the next tile. 1.3-2.0x v7 at 2 to 12 heads on a Zen 4.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
