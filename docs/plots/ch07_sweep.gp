@@ -1,4 +1,4 @@
-# Caption: Chapter 7: the decode goals' map: % of this machine's limit (the FMA peak where the step is compute-bound, the read bandwidth where it is memory-bound: H ≤ 4) per shape, for each cache type's first fast kernel and its fastest (fp32 v5 and v10, bf16 v6 and v12, FP8 v7), on the most threads measured; one row per kernel, heads and batch, one column per context length; the goal is ≥ 85% everywhere (green)
+# Caption: Chapter 7: the decode goals' map: % of this machine's limit (the FMA peak where the step is compute-bound, the read bandwidth where it is memory-bound: H ≤ 4) per shape, for each cache type's first fast kernel and its fastest (fp32 v5 and v10, bf16 v6 and v12, FP8 v7 and v13), on the most threads measured; one row per kernel, heads and batch, one column per context length; the goal is ≥ 85% everywhere (green)
 # Data: ch07_sweep.csv (mla_bench --sweep): impl, dtype, batch, heads, context, threads, ms, gflops, gbps, bound, pct_peak; rows "peak" hold the machine's limits
 load "style.gp"
 data = datadir."/ch07_sweep.csv"
@@ -7,8 +7,8 @@ data = datadir."/ch07_sweep.csv"
 stats data using (strcol("impl") eq "peak" ? column("threads") : NaN) name "TH" nooutput
 max_threads = TH_max
 # The kernels shown, one block of rows each, in this order (with their cache types).
-kernels = "v5 v10 v6 v12 v7"
-dtypes = "f32 f32 bf16 bf16 fp8"
+kernels = "v5 v10 v6 v12 v7 v13"
+dtypes = "f32 f32 bf16 bf16 fp8 fp8"
 n_k = words(kernels)
 impl_row(s) = (sum [i = 1 : n_k] (word(kernels, i) eq s ? i : 0)) - 1
 # The head counts the sweep measured (--quick measures fewer): a row each, in this order.

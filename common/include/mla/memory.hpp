@@ -24,6 +24,7 @@ inline constexpr std::size_t kLargePage = std::size_t{2} << 20;
 
 /// Frees what alloc_large_pages returned.
 struct LargePagesDeleter {
+  /// std::free(p): alloc_large_pages allocates with std::aligned_alloc.
   void operator()(void* p) const;
 };
 
