@@ -245,8 +245,8 @@ TEST_CASE("the tiled latent cache keeps every number, pads with zeros, never mov
 }
 
 TEST_CASE("a long cache's tiles come from large-page slabs, whole, apart and in place", "[ch07]") {
-  // DeepSeek's widths in fp32: 147,456-byte tiles, 14 to a 2 MiB slab; 40 tiles = the first 14
-  // one by one, then two slabs and part of a third.
+  // DeepSeek's widths in fp32: 147,456-byte tiles, 14 to a 2 MiB slab; 40 tiles = the first 3 one
+  // by one, then two full slabs and part of a third (bf16: 7, a slab of 28, part of another).
   const std::size_t d_c = 512, d_r = 64, n = 40 * LatentCache::kTileTokens - 5;
   Rng rng(11);
   const Mat c = rng.normal(n, d_c), k = rng.normal(n, d_r);

@@ -77,12 +77,12 @@ void* LatentCache::row(std::size_t t) {
     }
     // A new tile, zero-filled so that the padding columns hold zeros (code 0 is +0 in e4m3
     // too). Its size is a multiple of 64 bytes (a row is a multiple of 16 bytes, 64 rows), as
-    // aligned_alloc requires. The first large page's worth of tiles are allocated one by one;
-    // after that, tiles are cut from 2 MiB slabs (see the class comment). A tile of more than
-    // 1 MiB (widths far from DeepSeek's) stays on its own.
+    // aligned_alloc requires. The first quarter of a large page's worth of tiles are allocated
+    // one by one; after that, tiles are cut from 2 MiB slabs (see the class comment). A tile of
+    // more than 1 MiB (widths far from DeepSeek's) stays on its own.
     const std::size_t bytes = tile_bytes(), per_slab = kLargePage / bytes;
     unsigned char* p = nullptr;
-    if (per_slab >= 2 && tile_ptrs_.size() >= per_slab) {
+    if (per_slab >= 2 && tile_ptrs_.size() >= std::max<std::size_t>(1, per_slab / 4)) {
       if (slab_left_ == 0) {
         slabs_.push_back(alloc_large_pages(per_slab * bytes));
         slab_next_ = slabs_.back().get();

@@ -56,10 +56,11 @@ inline double cache_bytes_per_token(std::size_t d_c, std::size_t d_r, CacheType 
 ///  - appending fills the last tile and adds a new one when it is full: cached tokens never move
 ///    (a growing std::vector would copy the whole cache on every reallocation), and nothing is
 ///    re-laid-out per decode step — the cost of the layout is paid once, when a token arrives.
-///  - once a cache holds a large page's worth of tiles (2 MiB: 14 fp32 tiles of DeepSeek's
-///    widths, 896 tokens), its further tiles come in slabs of 2 MiB pages (mla/memory.hpp): a
-///    long context is streamed every step, and in 4 KiB pages a TLB miss every 4 KiB slowed
-///    the 16-head step by a tenth. A short cache keeps to its own small tiles.
+///  - once a cache holds a quarter of a large page's worth of tiles (512 KiB: 3 fp32 tiles of
+///    DeepSeek's widths, 7 bf16 ones, 12 FP8 ones), its further tiles come in slabs of 2 MiB
+///    pages (mla/memory.hpp): a long context is streamed every step, and in 4 KiB pages a TLB
+///    miss every 4 KiB slowed the 16-head step by a sixth. A short cache keeps to its own small
+///    tiles.
 ///
 /// An FP8 row is bytes, not numbers of one type (row_bytes() of them):
 ///
