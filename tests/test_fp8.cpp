@@ -565,21 +565,23 @@ TEST_CASE(
   struct Shape {
     std::size_t B, H, T, d_c, d_r;
     float cache_mul = 1.0f, q_mul = 1.0f;  // to push the per-head lane path outside its range
+    std::size_t fp8_tile = LatentCache::kFp8Tile;  // latent numbers per scale
   };
   // Per-head path (H < 8: in lanes for d_c a multiple of 64, else generic) and head-blocked path,
   // partial tiles and a partial scale tile (d_c 160); latents too large for the lane path's
   // folded scales (scale 2^44 > 2^39) and queries too large for its 2^64 factor (both decline to
   // the generic path, which must give the same).
   // v13's few-heads path (below 16 heads, d_c a multiple of 64): head groups of 4, 2 and 1 (7 and
-  // 13 heads), an odd last tile (pairs of rows), latent widths of 1, 5 and 8 chunks of 64 (its
-  // weighted sum takes 4 / NH chunks at a time), scale tiles of 64 and 128; from 16 heads it is
-  // v7's head-blocked path with a prefetch.
+  // 13 heads), an odd last tile (pairs of rows), latent widths of 1, 5, 6 and 8 chunks of 64 (its
+  // weighted sum takes 4 / NH chunks at a time), scale tiles of 64, 128 and 192; from 16 heads it
+  // is v7's head-blocked path with a prefetch.
   for (const Shape sh :
        {Shape{2, 1, 150, 512, 64}, Shape{1, 4, 64, 160, 16}, Shape{1, 3, 200, 256, 64},
         Shape{1, 2, 70, 512, 64, 1e16f, 1.0f}, Shape{1, 2, 70, 512, 64, 1.0f, 1e20f},
         Shape{2, 16, 130, 512, 64}, Shape{1, 32, 77, 160, 16}, Shape{1, 7, 131, 512, 64},
         Shape{2, 13, 67, 320, 64}, Shape{1, 6, 129, 64, 16}, Shape{1, 15, 200, 512, 64},
-        Shape{1, 4, 3, 512, 64}}) {
+        Shape{1, 4, 3, 512, 64}, Shape{1, 5, 100, 512, 64, 1.0f, 1.0f, 64},
+        Shape{1, 9, 70, 384, 32, 1.0f, 1.0f, 192}}) {
     const std::size_t D = sh.d_c + sh.d_r;
     std::vector<float> rows(sh.B * sh.T * D), q_lat(sh.B * sh.H * sh.d_c),
         q_rope(sh.B * sh.H * sh.d_r);
@@ -591,7 +593,7 @@ TEST_CASE(
     std::vector<SeqRef> seqs;
     std::vector<float> dq(rows.size());  // what the FP8 cache holds, as floats
     for (std::size_t b = 0; b < sh.B; ++b) {
-      caches.emplace_back(sh.d_c, sh.d_r, CacheType::FP8);
+      caches.emplace_back(sh.d_c, sh.d_r, CacheType::FP8, sh.fp8_tile);
       caches.back().append_rows(rows.data() + b * sh.T * D, sh.T);
       for (std::size_t t = 0; t < sh.T; ++t)
         for (std::size_t k = 0; k < D; ++k) dq[(b * sh.T + t) * D + k] = caches.back().at(t, k);

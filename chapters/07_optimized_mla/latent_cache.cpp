@@ -83,14 +83,11 @@ void* LatentCache::row(std::size_t t) {
     const std::size_t bytes = tile_bytes(), per_slab = kLargePage / bytes;
     unsigned char* p = nullptr;
     if (per_slab >= 2 && tile_ptrs_.size() >= std::max<std::size_t>(1, per_slab / 4)) {
-      if (slab_left_ == 0) {
+      if (slabs_.empty() || slab_used_ == per_slab) {
         slabs_.push_back(alloc_large_pages(per_slab * bytes));
-        slab_next_ = slabs_.back().get();
-        slab_left_ = per_slab;
+        slab_used_ = 0;
       }
-      p = slab_next_;
-      slab_next_ += bytes;
-      --slab_left_;
+      p = slabs_.back().get() + slab_used_++ * bytes;
     } else {
       p = static_cast<unsigned char*>(std::aligned_alloc(64, bytes));
       if (!p) throw std::bad_alloc();

@@ -56,8 +56,8 @@ inline double cache_bytes_per_token(std::size_t d_c, std::size_t d_r, CacheType 
 ///  - appending fills the last tile and adds a new one when it is full: cached tokens never move
 ///    (a growing std::vector would copy the whole cache on every reallocation), and nothing is
 ///    re-laid-out per decode step — the cost of the layout is paid once, when a token arrives.
-///  - once a cache holds a quarter of a large page's worth of tiles (512 KiB: 3 fp32 tiles of
-///    DeepSeek's widths, 7 bf16 ones, 12 FP8 ones), its further tiles come in slabs of 2 MiB
+///  - once a cache holds a quarter of a large page's worth of tiles (3 fp32 tiles of DeepSeek's
+///    widths, 7 bf16 ones, 12 FP8 ones), its further tiles come in slabs of 2 MiB
 ///    pages (mla/memory.hpp): a long context is streamed every step, and in 4 KiB pages a TLB
 ///    miss every 4 KiB slowed the 16-head step by a sixth. A short cache keeps to its own small
 ///    tiles.
@@ -148,9 +148,6 @@ class LatentCache {
   double bytes_per_step() const;
 
  private:
-  struct FreeDeleter {
-    void operator()(void* p) const { std::free(p); }
-  };
   void* row(std::size_t t);  // address of token t's row, allocating its tile if needed
 
   // Writes one FP8 row; returns its largest scale (NaN scales not counted).
@@ -162,9 +159,10 @@ class LatentCache {
   std::size_t size_ = 0;
   float fp8_scale_max_ = 0.0f;
   std::vector<std::unique_ptr<unsigned char, FreeDeleter>> tiles_;  // owned tiles, one by one
-  std::vector<LargePagesPtr> slabs_;       // owned tiles of a long cache, a 2 MiB slab at a time
-  unsigned char* slab_next_ = nullptr;     // the current slab's next free tile
-  std::size_t slab_left_ = 0;              // and how many it has left
+  std::vector<LargePagesPtr> slabs_;  // owned tiles of a long cache, a 2 MiB slab at a time
+  // Tiles cut from slabs_.back() so far: an index, not a pointer, so that a moved-from cache
+  // (slabs_ empty) cannot cut tiles from the slab it gave away.
+  std::size_t slab_used_ = 0;
   std::vector<unsigned char*> tile_ptrs_;  // every tile in order, owned or borrowed
   bool borrowed_ = false;                  // true once a tile is borrowed: never allocate
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <new>
 
 #if defined(__linux__)
@@ -10,11 +11,12 @@
 
 namespace mla {
 
-void LargePagesDeleter::operator()(void* p) const {
+void FreeDeleter::operator()(void* p) const {
   std::free(p);
 }
 
 LargePagesPtr alloc_large_pages(std::size_t bytes) {
+  if (bytes > std::numeric_limits<std::size_t>::max() - kLargePage) throw std::bad_alloc();
   const std::size_t rounded =
       (std::max<std::size_t>(bytes, 1) + kLargePage - 1) / kLargePage * kLargePage;
   void* p = std::aligned_alloc(kLargePage, rounded);

@@ -67,8 +67,9 @@ float OnlineSoftmax::step(float* s, std::size_t nt, std::size_t n_pad, float til
 
 std::size_t kv_chunks(std::size_t units, int threads) {
   const std::size_t T = static_cast<std::size_t>(std::max(threads, 1));
-  if (units == 0) return 1;
-  return T / std::gcd(units, T);
+  if (units == 0 || (units >= T && units % T == 0)) return 1;
+  if (units < T) return T / std::gcd(units, T);
+  return (2 * T + units - 1) / units;  // many uneven units: about two items per thread
 }
 
 }  // namespace mla::ch07

@@ -94,11 +94,13 @@ void combine_partials(std::size_t n, PartAt&& part, std::size_t d, float* out) {
 
 /// Split-KV's scheduling: into how many chunks to cut the cache of each of `units` independent
 /// pieces of work (a (sequence, head block) for MLA, a (sequence, head) for MHA) so that
-/// `threads` threads get equal shares: the fewest that make units × chunks a multiple of the
-/// threads (threads / gcd(units, threads): 1 sequence on 2 threads, 2 chunks; 3 on 2, 2 each).
-/// Fewer, longer items pay less per item (packing the queries, the combine, a first tile that
-/// was not prefetched): at 16 heads and 1,024 tokens on 2 threads, two items of 8 tiles ran
-/// 10-20% faster than the four of 4 that "two items per thread" made.
+/// `threads` threads get equal shares. One if the units already divide evenly over the threads.
+/// Fewer units than threads: the fewest chunks that make units × chunks a multiple of the
+/// threads (threads / gcd(units, threads): 1 sequence on 2 threads, 2 chunks; 3 on 4, 4 each) —
+/// fewer, longer items pay less per item (packing the queries, the combine, a first tile that was
+/// not prefetched): at 16 heads and 1,024 tokens on 2 threads, two items of 8 tiles ran 10-20%
+/// faster than four of 4. More units than threads, unevenly: about two items per thread (a
+/// thread that finishes early takes another).
 std::size_t kv_chunks(std::size_t units, int threads);
 
 /// Chunk c of n of a range of `len` (tiles or tokens) starts here; chunk c ends where c + 1

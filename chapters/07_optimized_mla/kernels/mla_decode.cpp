@@ -48,7 +48,7 @@
 //           Zen 4 (0.95-1.20x), 83-96% of its FMA peak at 16 to 128 heads.
 // version 13 is v7 with v10's few-heads path on its FP8 codes: below 16 heads each 64 codes are
 //           widened once for all the heads of an item (v7 widens them once per head), and the
-//           head blocks prefetch the next tile. 1.3-2.0x v7 at 2 to 12 heads on a Zen 4.
+//           head blocks prefetch the next tile. 1.4-2.0x v7 at 4 to 12 heads on a Zen 4.
 //
 // v3's to v5's code is written for a cache element type Elem (float); v6 supplies the bf16
 // versions of the three places where the element type matters (a tile's view, a widened row, a
@@ -597,6 +597,9 @@ struct FloatTiles {
   }
   static const char* next(const LatentCache&, std::size_t) { return nullptr; }
   static constexpr bool few_heads = false;  // below 8 heads: v3's per-head tiles
+  // With few_heads: whether a cache can take the few-heads path (v13's FP8 codes need AVX-512
+  // and their scales in range); the others always can.
+  static bool few_heads_fit(const LatentCache&) { return true; }
 };
 
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
@@ -912,7 +915,10 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
   // with AVX2.
   // v10 to v12's few-heads path holds up to 16 heads in registers (in groups of 4) and beats a
   // head block until the block's lanes are full: up to kFewHeadsBelow heads (below).
-  const bool per_head = H < (Tiles::few_heads ? kFewHeadsBelow : kPerHeadBelow);
+  const bool few = Tiles::few_heads && std::all_of(seqs, seqs + B, [](const SeqRef& r) {
+                     return Tiles::few_heads_fit(*r.cache);
+                   });
+  const bool per_head = H < (few ? kFewHeadsBelow : kPerHeadBelow);
   const HeadBlocks blocks = per_head ? HeadBlocks{1, H, H, false} : head_blocks(H);
 
   // Chunks of the cache per (sequence, head block), never less than a tile each.
@@ -937,7 +943,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
     const Item& it = items[static_cast<std::size_t>(i)];
     if (per_head) {
       if constexpr (Tiles::few_heads) {
-        return run_few_heads<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
+        if (few) return run_few_heads<Elem>(*seqs[it.b].cache, seqs[it.b].length, a, it);
       }
       if constexpr (std::is_same_v<Elem, std::uint8_t>) {
         if (fp8_per_head_lanes(*seqs[it.b].cache, seqs[it.b].length, a, it)) return;
@@ -1188,7 +1194,8 @@ struct PerHeadRows<std::uint8_t> {
     for (std::size_t r0 = 0; r0 < nt; r0 += kFp8Rows) {
       // Ask for the next block (in this tile, or the next tile's first) while this one is used:
       // the scores read kFp8ScoreRows rows side by side, a pattern the hardware prefetcher follows
-      // late, and every tile is its own allocation, where it would start cold.
+      // late, and a tile need not follow the one before it in memory (a short cache's tiles are
+      // separate allocations, a paged cache's anywhere in its pool), where it would start cold.
       const std::uint8_t* next = r0 + kFp8Rows < nt  ? c.tile_fp8(i) + (r0 + kFp8Rows) * rb
                                  : i + 1 < c.tiles() ? c.tile_fp8(i + 1)
                                                      : nullptr;
@@ -1494,7 +1501,7 @@ bool fp8_per_head_lanes(const LatentCache& cache, std::size_t length, const Deco
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
     const Fp8Rows f{cache.tile_fp8(i),        tile_tokens(length, i),  rb,          lat, tile,
                     cache.fp8_scale_offset(), cache.fp8_rope_offset(), stride - lat};
-    // The next tile (its own allocation: the hardware prefetcher would start it cold), asked
+    // The next tile (anywhere in memory: the hardware prefetcher would start it cold), asked
     // for while this one is scored, 4 rows per 4 rows scored.
     const std::uint8_t* next = i + 1 < it.tile_end ? cache.tile_fp8(i + 1) : nullptr;
     for (std::size_t hh = 0; hh < nh; ++hh) {
@@ -1766,8 +1773,8 @@ inline void pin(V& v) {
 // Scores of NH heads against one tile: s (NH rows of ls floats) [h][t] = q[h] · row t.
 // tile: (nt, stride) of Elem; q: (NH, ldq) packed queries (pack_query_row), 64-byte aligned.
 // next: the same item's next tile (nullptr if none): its rows are prefetched as this tile's are
-// read, so its first loads do not wait for memory (each tile is its own allocation, where the
-// hardware prefetcher would start cold).
+// read, so its first loads do not wait for memory (a tile need not follow the one before it in
+// memory, and there the hardware prefetcher would start cold).
 template <int NH, class Elem>
 void few_scores(RowView<const Elem> tile, const float* q, std::size_t ldq, float* s, std::size_t ls,
                 const Elem* next) {
@@ -1917,8 +1924,9 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 // by a mask, one vector instruction each. The products and sums are v6's, in v6's order: the
 // outputs are the same to the bit. And v12 asks for the next tile while it scores this one,
 // into L2, one cache line per step of the scores micro-kernel's k loop (a token group's share of
-// the next tile, ~216 lines over ~7,000 FMAs at 16 heads): every tile is its own allocation and
-// the scores read 12 rows side by side, which the hardware prefetcher follows late.
+// the next tile, ~216 lines over ~7,000 FMAs at 16 heads): a tile need not follow the one before
+// it in memory, and the scores read 12 rows side by side, which the hardware prefetcher follows
+// late.
 //
 // Measured on a Zen 4 (AVX-512 in two halves; one thread, CPU time), v12 over v5 (fp32):
 // 1.01-1.04x at H = 16, T = 4096; 1.15-1.20x at T = 32768 and 1.15-1.18x with B = 4 × 4096;
@@ -1985,6 +1993,7 @@ struct CachedTiles {
     return reinterpret_cast<const char*>(c.tile_bf16(i));
   }
   static constexpr bool few_heads = true;  // below 16 heads: v11's path
+  static bool few_heads_fit(const LatentCache&) { return true; }
 };
 
 }  // namespace
@@ -2013,8 +2022,9 @@ void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a) {
 //                 tile) broadcast once.
 // The next tile is asked for during the scores, each head group's pairs of rows a share. From 16
 // heads v13 is v7 (each tile dequantized once into floats for v5's head blocks), plus the next
-// tile prefetched during its scores; without AVX-512, and where v7's lane path would decline (a
-// scale above 2^39, a query above 2^62), v13 is v7 too.
+// tile prefetched during its scores. Without AVX-512, or with a scale above 2^39 in a cache,
+// v13 splits the work as v7 does (head blocks from 8 heads); a query above 2^62 sends its item to
+// v7's generic per-head path.
 
 namespace {
 
@@ -2192,12 +2202,23 @@ bool fp8_few_heads(const LatentCache&, std::size_t, const DecodeArgs&, const Ite
 #endif
 
 // v13's tiles: v7's (dequantized into floats for the head blocks), the next one prefetched;
-// fewer than 16 heads take run_few_heads, which for an FP8 cache is fp8_few_heads.
+// fewer than 16 heads take run_few_heads, which for an FP8 cache is fp8_few_heads — where its
+// lane-order codes fit (an AVX-512 build, lanes_fit). Elsewhere v7's split: from 8 heads its
+// head blocks, which beat one head at a time there.
 struct Fp8FewTiles : FloatTiles {
   static const char* next(const LatentCache& c, std::size_t i) {
     return reinterpret_cast<const char*>(c.tile_fp8(i));
   }
   static constexpr bool few_heads = true;
+#if defined(__AVX512F__)
+  static bool few_heads_fit(const LatentCache& c) {
+    return lanes_fit(c);
+  }
+#else
+  static bool few_heads_fit(const LatentCache&) {
+    return false;
+  }
+#endif
 };
 
 // run_few_heads for an FP8 cache (decode_split's few-heads path): v13's, or v7's where it

@@ -99,8 +99,8 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a);
 void mla_decode_v12(const SeqRef* seqs, const DecodeArgs& a);
 /// v13: v7 whose path for fewer than 16 heads widens each 64 FP8 codes once for all the heads of
 /// an item, held in registers (v10's few-heads path on v7's lane-order codes; AVX-512 builds —
-/// elsewhere, and where v7's lane path declines, v7's paths), and whose head blocks prefetch the
-/// next tile. FP8 caches.
+/// elsewhere, or with a cache scale above 2^39, the work is split as v7 splits it), and whose
+/// head blocks prefetch the next tile. FP8 caches.
 void mla_decode_v13(const SeqRef* seqs, const DecodeArgs& a);
 
 /// The fastest version for the caches given: v10 for F32 caches, v12 for BF16, v13 for FP8 (all

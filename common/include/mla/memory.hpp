@@ -22,17 +22,18 @@ namespace mla {
 /// The large-page size these helpers align to (x86-64's 2 MiB).
 inline constexpr std::size_t kLargePage = std::size_t{2} << 20;
 
-/// Frees what alloc_large_pages returned.
-struct LargePagesDeleter {
-  /// std::free(p): alloc_large_pages allocates with std::aligned_alloc.
+/// Frees memory from std::malloc or std::aligned_alloc (alloc_large_pages uses the latter).
+struct FreeDeleter {
+  /// std::free(p).
   void operator()(void* p) const;
 };
 
 /// Owned memory from alloc_large_pages.
-using LargePagesPtr = std::unique_ptr<unsigned char, LargePagesDeleter>;
+using LargePagesPtr = std::unique_ptr<unsigned char, FreeDeleter>;
 
 /// `bytes` bytes (rounded up to whole 2 MiB pages), 2 MiB aligned, advised as huge pages where
-/// the OS takes the advice. Uninitialized, as malloc's. Throws std::bad_alloc.
+/// the OS takes the advice. Uninitialized, as malloc's. Throws std::bad_alloc (also for a size
+/// that cannot be rounded up).
 LargePagesPtr alloc_large_pages(std::size_t bytes);
 
 /// @}
