@@ -612,12 +612,19 @@ void pack_queries(const DecodeArgs& a, std::size_t b, std::size_t h0, std::size_
                   std::size_t hb, std::size_t G, std::size_t lat_stride, std::size_t stride,
                   float* qp) {
   std::fill(qp, qp + stride * hb, 0.0f);
-  for (std::size_t hh = 0; hh < nh; ++hh) {
-    const float* ql = a.q_lat + (b * a.heads + h0 + hh) * a.d_c;
-    const float* qr = a.q_rope + (b * a.heads + h0 + hh) * a.d_r;
-    float* panel = qp + (hh / G) * stride * G + hh % G;
-    for (std::size_t k = 0; k < a.d_c; ++k) panel[k * G] = a.scale * ql[k];
-    for (std::size_t k = 0; k < a.d_r; ++k) panel[(lat_stride + k) * G] = a.scale * qr[k];
+  // A transpose per group: k outer, so that each k's G heads are written side by side (one
+  // vector) while the heads' rows are read as G sequential streams — the other order, a store
+  // G floats apart per number, took 7 µs of a 16-head block's setup.
+  for (std::size_t g0 = 0; g0 < nh; g0 += G) {
+    const std::size_t n = std::min(G, nh - g0);
+    float* panel = qp + (g0 / G) * stride * G;
+    const float* ql = a.q_lat + (b * a.heads + h0 + g0) * a.d_c;
+    const float* qr = a.q_rope + (b * a.heads + h0 + g0) * a.d_r;
+    for (std::size_t k = 0; k < a.d_c; ++k)
+      for (std::size_t i = 0; i < n; ++i) panel[k * G + i] = a.scale * ql[i * a.d_c + k];
+    for (std::size_t k = 0; k < a.d_r; ++k)
+      for (std::size_t i = 0; i < n; ++i)
+        panel[(lat_stride + k) * G + i] = a.scale * qr[i * a.d_r + k];
   }
 }
 
@@ -715,9 +722,13 @@ void block_end(const BlockScratch& ws, const Item& it, std::size_t G, std::size_
   const std::size_t hb = it.hb;
   const float* Ot = ws.ot.data();
   float* po = it.part;
-  for (std::size_t hh = 0; hh < hb; ++hh) {
-    const float* panel = Ot + (hh / G) * lat * G + hh % G;
-    for (std::size_t j = 0; j < lat; ++j) po[hh * lat + j] = panel[j * G];
+  for (std::size_t g0 = 0; g0 < hb; g0 += G) {  // a transpose per group, 16 columns at a time
+    const float* panel = Ot + (g0 / G) * lat * G;
+    for (std::size_t j0 = 0; j0 < lat; j0 += 16) {
+      const std::size_t nj = std::min<std::size_t>(16, lat - j0);
+      for (std::size_t i = 0; i < G; ++i)
+        for (std::size_t j = j0; j < j0 + nj; ++j) po[(g0 + i) * lat + j] = panel[j * G + i];
+    }
   }
   std::copy(ws.m.begin(), ws.m.begin() + hb, po + hb * lat);
   std::copy(ws.l.begin(), ws.l.begin() + hb, po + hb * lat + hb);
