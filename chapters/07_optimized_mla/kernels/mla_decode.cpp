@@ -2051,7 +2051,7 @@ void fp8_few_scores(const Fp8Rows& f, const float* q, std::size_t ldq, float* s,
   constexpr int P = NH >= 4 ? 1 : 4 / NH;  // accumulators per (row, head): 8 FMA chains
   const std::size_t pairs = (f.nt + 1) / 2, lines = pf ? (pf_bytes + 63) / 64 : 0;
   for (std::size_t t0 = 0; t0 < f.nt; t0 += RG) {
-    alignas(64) __m512 tot[16];
+    V tot[16];  // tot[r · NH + h]: row t0 + r, head h — the order sum_lanes returns
     for (int r0 = 0; r0 < RG; r0 += 2) {
       const std::size_t pair = (t0 + static_cast<std::size_t>(r0)) / 2;
       for (std::size_t l = pair * lines / pairs; l < (pair + 1) * lines / pairs && pair < pairs;
@@ -2103,10 +2103,8 @@ void fp8_few_scores(const Fp8Rows& f, const float* q, std::size_t ldq, float* s,
       for (int i = 0; i < 2; ++i)
         for (int h = 0; h < NH; ++h) tot[(r0 + i) * NH + h] = T[i][h];
     }
-    V v[16];
-    for (int i = 0; i < 16; ++i) v[i] = tot[i];
     alignas(64) float sum[16];
-    sum_lanes(v).store_aligned(sum);
+    sum_lanes(tot).store_aligned(sum);
     const std::size_t n = std::min<std::size_t>(RG, f.nt - t0);
     for (std::size_t r = 0; r < n; ++r)
       for (int h = 0; h < NH; ++h) s[h * ls + t0 + r] = sum[r * NH + h];
@@ -2160,10 +2158,11 @@ void fp8_few_pv_all(const Fp8Rows& f, const float* w, std::size_t ldw, std::size
   }
 }
 
+// An item of a cache that lanes_fit (decode_split asked Fp8FewTiles::few_heads_fit); false if its
+// queries are too large for the lane order (pack_lane_queries).
 bool fp8_few_heads(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                    const Item& it) {
   const std::size_t lat = cache.lat_stride(), stride = cache.stride(), nh = it.nh;
-  if (!lanes_fit(cache)) return false;
   PerHeadScratch& ws = per_head_scratch();
   grow(ws.q, nh * stride);
   grow(ws.acc, nh * lat);
@@ -2232,15 +2231,16 @@ struct Fp8FewTiles : FloatTiles {
 #endif
 };
 
-// run_few_heads for an FP8 cache (decode_split's few-heads path): v13's, or v7's where it
-// declines. One head alone goes to v7's lane path, which reads 4 rows per query load where v13's
-// pairs read 2: 4-7% faster there (H = 1, T = 65,536, one thread and two).
+// run_few_heads for an FP8 cache (decode_split's few-heads path): v13's. One head alone goes to
+// v7's lane path, which reads 4 rows per query load where v13's pairs read 2: 4-7% faster there
+// (H = 1, T = 65,536, one thread and two). Both decline the same queries (too large for the lane
+// order), which then take v7's generic per-head path.
 template <>
 void run_few_heads<std::uint8_t>(const LatentCache& cache, std::size_t length, const DecodeArgs& a,
                                  const Item& it) {
-  if (it.nh > 1 && fp8_few_heads(cache, length, a, it)) return;
-  if (fp8_per_head_lanes(cache, length, a, it)) return;
-  run_heads_per_tile<std::uint8_t>(cache, length, a, it);
+  const bool done =
+      it.nh == 1 ? fp8_per_head_lanes(cache, length, a, it) : fp8_few_heads(cache, length, a, it);
+  if (!done) run_heads_per_tile<std::uint8_t>(cache, length, a, it);
 }
 
 }  // namespace
