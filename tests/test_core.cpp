@@ -188,3 +188,39 @@ TEST_CASE("parallel_for runs every iteration and hands a worker's exception to t
     for (int r : ran) CHECK(r == 1);  // the other iterations still ran
   }
 }
+
+TEST_CASE("parallel_for_then runs its second loop after every iteration of the first", "[core]") {
+  for (int threads : {1, 2, 3}) {
+    INFO(threads << " thread(s)");
+    // The first loop writes 1..n1 (uneven work), the second reads all of them: a `then` that
+    // started before some `first` had finished would see a zero and count it.
+    const long n1 = 57, n2 = 40;
+    std::vector<long> written(static_cast<std::size_t>(n1), 0);
+    std::vector<long> total(static_cast<std::size_t>(n2), 0);
+    parallel_for_then(
+        n1,
+        [&](long i) {
+          volatile long spin = 0;
+          for (long k = 0; k < 2000 * (i % 5); ++k) spin = spin + 1;
+          written[static_cast<std::size_t>(i)] = i + 1;
+        },
+        n2,
+        [&](long j) {
+          long sum = 0;
+          for (long w : written) sum += w;
+          total[static_cast<std::size_t>(j)] = sum;
+        },
+        threads);
+    for (long t : total) CHECK(t == n1 * (n1 + 1) / 2);
+    // A failure in the first loop: rethrown, and the second loop does not run.
+    std::vector<int> second(static_cast<std::size_t>(n2), 0);
+    REQUIRE_THROWS_WITH(parallel_for_then(
+                            n1,
+                            [&](long i) {
+                              if (i == 11) throw std::runtime_error("item 11 failed");
+                            },
+                            n2, [&](long j) { second[static_cast<std::size_t>(j)] = 1; }, threads),
+                        "item 11 failed");
+    for (int r : second) CHECK(r == 0);
+  }
+}
