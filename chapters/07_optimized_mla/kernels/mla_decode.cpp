@@ -2039,12 +2039,13 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 //    than one; into L1 (hint T0) instead of L2: 7% slower. The burst version in v5 (a 147 KiB
 //    fp32 tile) cost v5 4-8% at 16 heads — the line-per-step one gains, see above;
 //  - vdpbf16ps (AVX512_BF16, two bf16 products a lane per instruction) was not built for this
-//    path: on this Zen 4 a 512-bit vdpbf16ps goes at the rate of a 512-bit FMA (measured, 12
-//    independent chains: 0.55 ns each), so with the query split in two bf16 parts it does the
+//    path: on this Zen 4 a 512-bit vdpbf16ps issues at the rate of a 512-bit FMA (12 independent
+//    chains: 0.27 ns each, as the FMA), so with the query split in two bf16 parts it does the
 //    FMAs' work in as many instructions, and with the exact three-part split (split_bf16) in 1.5
-//    times as many: at best v12's speed here. Two parts also leave an error of up to 2^-16 of
-//    each query number, up to ~5e-4 in a score of DeepSeek's widths (Σ|q_k·c_k| ≈ 32), where the
-//    tests hold the bf16 kernels to 1e-5 + 1e-4·|ref| of v1 on the rounded cache.
+//    times as many. Built and measured as a scores micro-kernel (2026-12-07; two parts, the pair
+//    of cached numbers broadcast once for both): 113 GFLOP/s against v12's 109-113 with the tile
+//    in L2, and at 4 heads (few_scores) 112-115 against 109 — a few percent at most, for an error
+//    of up to 2^-16 of each query number (its second part rounded), where v12 has none.
 // Fewer than 16 heads run v11's (v10's) few-heads path.
 
 namespace {
