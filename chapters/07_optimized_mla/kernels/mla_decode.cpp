@@ -652,10 +652,10 @@ inline void transpose16(const float* src, std::size_t lds, float* dst, std::size
 
 // dst[c·ldd + r] = f · src[r·lds + c] for r < rows, c < cols: the transposes that set up and
 // finish a head block (queries into heads-in-lanes panels, the output back into rows). With
-// AVX-512 in 16 × 16 blocks in registers (a 16-head item's setup 3.6 → 1.4 µs, its output
-// 3.1 → 1.1 µs; one thread, Zen 4); the rest, and other builds, a number at a time, writing dst
-// in order while reading `rows` streams of src (the other order, a store `ldd` floats apart per
-// number, took twice as long).
+// AVX-512 in 16 × 16 blocks in registers (one thread, Zen 4, 16 heads: block_begin 3.6 → 2.2 µs,
+// block_end 3.1 → 1.7-2.4 µs, from loops a number at a time); the rest, and other builds, a
+// number at a time, writing dst in order while reading `rows` streams of src (the other order,
+// a store `ldd` floats apart per number, took twice as long).
 void transpose_scaled(const float* src, std::size_t lds, std::size_t rows, std::size_t cols,
                       float* dst, std::size_t ldd, float f) {
   std::size_t r0 = 0, c0 = 0;
@@ -966,7 +966,8 @@ struct Combine {
 void combine(const std::vector<Item>& items, const std::vector<std::size_t>& first_item,
              std::size_t lat, const DecodeArgs& a, int threads) {
   const Combine merge(items, first_item, lat, a);
-  mla::parallel_for(merge.jobs(), threads, merge);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (long j = 0; j < merge.jobs(); ++j) merge(j);
 }
 
 // v7's per-head path without shuffles (AVX-512 builds, defined in v7's section): runs the item
