@@ -414,21 +414,12 @@ inline V broadcast_cached(const std::uint16_t* p);
 // the pair's two numbers run one after the other, in the order of the float version.
 // pf: pf_lines cache lines to prefetch into L2, one per step of the k loop (v12 hands it its
 // share of the next tile; nothing otherwise).
-// The loops that set and store the accumulators (here, in pv_micro, and transpose16's loads)
-// are unrolled by pragma: left to itself GCC 12 turns such a loop into a memset or memcpy call
-// before it unrolls it, and then keeps the accumulators in a stack array to copy from — a call,
-// a vzeroupper and 12 extra stores per micro-kernel call (768 FMAs for a weighted-sum call at
-// 16 heads). Measured on whole steps (one thread, old and new code in one process, interleaved):
-// v12 4-6% faster at 16 heads, 1-4K tokens; v10 within ±2% (H = 16), +3% (32), +6% (128). The
-// same through a compile flag for the whole file (-fno-tree-loop-distribute-patterns) cost v10
-// 3-5%.
 template <int NT, std::size_t G, class Elem>
 inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::size_t ldc,
                          std::size_t K, float* s, std::size_t lds, const char* pf = nullptr,
                          std::size_t pf_lines = 0) {
   constexpr std::size_t VH = kHeadVecs<G>, P = kPerLoad<Elem>;
   V acc[NT][VH];
-#pragma GCC unroll 16
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V(0.0f);
   auto number = [&](auto e, std::size_t k) {  // k + e: one number of every row
@@ -445,7 +436,6 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
     number(std::integral_constant<std::size_t, 0>{}, k);
     if constexpr (P == 2) number(std::integral_constant<std::size_t, 1>{}, k);
   }
-#pragma GCC unroll 16
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(s + i * lds + v * W);
 }
@@ -457,6 +447,14 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
 //   alpha: (G) rescale factors of these heads
 // From a bf16 row the columns come in pairs (j, j+1), one 32-bit load each (NJ is even there:
 // lat_stride is a multiple of 16, kColGroup 12 or 6).
+// The loop that stores the accumulators is unrolled by pragma (as are transpose16's loads):
+// left to itself GCC 12 turns it into a memcpy call before it unrolls it, and then keeps the
+// accumulators in a stack array to copy from — 12 extra stores, a call and a vzeroupper per call
+// of 768 FMAs at 16 heads. Measured on whole steps (one thread; the versions compiled into one
+// program, steps alternating, thread CPU time): at 16 heads v12 5-7% and v10 2-4% faster, 32
+// and 128 heads v10 3%. The same pragmas in scores_micro (whose zeroing and stores GCC
+// also turns into calls, once per 6,912 FMAs) cost v10 4%; a compile flag against the pattern
+// for the whole file (-fno-tree-loop-distribute-patterns) cost it 3-5%.
 template <int NJ, std::size_t G, class Elem>
 inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const Elem* c,
                      std::size_t ldc, std::size_t nt, const float* alpha) {
