@@ -2044,7 +2044,10 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 //    times as many. Built and measured as a scores micro-kernel (2026-12-07; two parts, the pair
 //    of cached numbers broadcast once for both): 113 GFLOP/s against v12's 109-113 with the tile
 //    in L2, and at 4 heads (few_scores) 112-115 against 109 — a few percent at most, for an error
-//    of up to 2^-16 of each query number (its second part rounded), where v12 has none.
+//    of up to 2^-16 of each query number (its second part rounded), where v12 has none. Then
+//    built into the head-blocked step (the two-part queries packed per item, the micro-kernel
+//    in place of v12's scores): -4% to +2% against v12 on whole steps (one thread, 16 heads,
+//    1-32K tokens, both in one program, runs alternating) — dropped.
 // Fewer than 16 heads run v11's (v10's) few-heads path.
 
 namespace {
