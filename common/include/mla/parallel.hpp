@@ -25,6 +25,22 @@ inline int default_threads(int threads = 0) {
   return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
+namespace detail {
+
+/// `body(i)` inside a parallel region, catching what it throws: the first exception of the
+/// region goes to `error` (which the caller rethrows once the team has joined).
+template <class Body>
+void run_caught(Body& body, long i, std::exception_ptr& error) {
+  try {
+    body(i);
+  } catch (...) {
+#pragma omp critical(mla_parallel_for_error)
+    if (!error) error = std::current_exception();
+  }
+}
+
+}  // namespace detail
+
 /// Run `body(i)` for i in [0, n) on `threads` OpenMP threads (dynamic schedule, one iteration
 /// at a time: the iterations of our kernels are uneven). With `threads <= 1` it runs inline.
 /// The first exception a body throws is rethrown here after every thread has stopped.
@@ -32,14 +48,7 @@ template <class Body>
 void parallel_for(long n, int threads, Body&& body) {
   std::exception_ptr error;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (long i = 0; i < n; ++i) {
-    try {
-      body(i);
-    } catch (...) {
-#pragma omp critical(mla_parallel_for_error)
-      if (!error) error = std::current_exception();
-    }
-  }
+  for (long i = 0; i < n; ++i) detail::run_caught(body, i, error);
   if (error) std::rethrow_exception(error);
 }
 
@@ -50,33 +59,22 @@ void parallel_for(long n, int threads, Body&& body) {
 /// the first loop throws, the second does not run; the first exception is rethrown here.
 template <class First, class Then>
 void parallel_for_then(long n1, First&& first, long n2, Then&& then, int threads) {
-  std::exception_ptr error;
-  bool failed = false;  // read after the barrier, written under the critical section
+  // Two slots: the first loop's is final at its barrier, so every thread reads the same value
+  // there, while the second loop may still be writing its own.
+  std::exception_ptr error_first, error_then;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
 #pragma omp for schedule(dynamic, 1)
-    for (long i = 0; i < n1; ++i) {
-      try {
-        first(i);
-      } catch (...) {
-#pragma omp critical(mla_parallel_for_error)
-        if (!error) error = std::current_exception(), failed = true;
-      }
-    }
-    // the loop's implicit barrier: every `first` has finished, its writes are visible
-    if (!failed) {
+    for (long i = 0; i < n1; ++i) detail::run_caught(first, i, error_first);
+    // The loop's implicit barrier: every `first` has finished and its writes are visible, so
+    // every thread takes the same branch here (a worksharing loop needs the whole team).
+    if (!error_first) {
 #pragma omp for schedule(static)
-      for (long j = 0; j < n2; ++j) {
-        try {
-          then(j);
-        } catch (...) {
-#pragma omp critical(mla_parallel_for_error)
-          if (!error) error = std::current_exception();
-        }
-      }
+      for (long j = 0; j < n2; ++j) detail::run_caught(then, j, error_then);
     }
   }
-  if (error) std::rethrow_exception(error);
+  if (error_first) std::rethrow_exception(error_first);
+  if (error_then) std::rethrow_exception(error_then);
 }
 
 /// @}
