@@ -198,29 +198,42 @@ TEST_CASE("parallel_for_then runs its second loop after every iteration of the f
     std::vector<long> written(static_cast<std::size_t>(n1), 0);
     std::vector<long> total(static_cast<std::size_t>(n2), 0);
     parallel_for_then(
-        n1,
+        n1, n2, threads,
         [&](long i) {
           volatile long spin = 0;
           for (long k = 0; k < 2000 * (i % 5); ++k) spin = spin + 1;
           written[static_cast<std::size_t>(i)] = i + 1;
         },
-        n2,
         [&](long j) {
           long sum = 0;
           for (long w : written) sum += w;
           total[static_cast<std::size_t>(j)] = sum;
-        },
-        threads);
+        });
     for (long t : total) CHECK(t == n1 * (n1 + 1) / 2);
     // A failure in the first loop: rethrown, and the second loop does not run.
     std::vector<int> second(static_cast<std::size_t>(n2), 0);
     REQUIRE_THROWS_WITH(parallel_for_then(
-                            n1,
+                            n1, n2, threads,
                             [&](long i) {
                               if (i == 11) throw std::runtime_error("item 11 failed");
                             },
-                            n2, [&](long j) { second[static_cast<std::size_t>(j)] = 1; }, threads),
+                            [&](long j) { second[static_cast<std::size_t>(j)] = 1; }),
                         "item 11 failed");
     for (int r : second) CHECK(r == 0);
+    // A failure in the second loop: rethrown too, after its other iterations ran.
+    std::vector<int> ran(static_cast<std::size_t>(n2), 0);
+    REQUIRE_THROWS_WITH(parallel_for_then(
+                            n1, n2, threads, [](long) {},
+                            [&](long j) {
+                              ran[static_cast<std::size_t>(j)] = 1;
+                              if (j == 7) throw std::runtime_error("job 7 failed");
+                            }),
+                        "job 7 failed");
+    for (int r : ran) CHECK(r == 1);
+    // Empty loops: nothing runs, nothing breaks.
+    int calls = 0;
+    parallel_for_then(
+        0, 0, threads, [&](long) { ++calls; }, [&](long) { ++calls; });
+    CHECK(calls == 0);
   }
 }

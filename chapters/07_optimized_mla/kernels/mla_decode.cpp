@@ -450,11 +450,11 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
 // The loop that stores the accumulators is unrolled by pragma (as are transpose16's loads):
 // left to itself GCC 12 turns it into a memcpy call before it unrolls it, and then keeps the
 // accumulators in a stack array to copy from — 12 extra stores, a call and a vzeroupper per call
-// of 768 FMAs at 16 heads. Measured on whole steps (one thread; the versions compiled into one
-// program, steps alternating, thread CPU time): at 16 heads v12 5-7% and v10 2-4% faster, 32
-// and 128 heads v10 3%. The same pragmas in scores_micro (whose zeroing and stores GCC
-// also turns into calls, once per 6,912 FMAs) cost v10 4%; a compile flag against the pattern
-// for the whole file (-fno-tree-loop-distribute-patterns) cost it 3-5%.
+// of 768 FMAs at 16 heads. Measured on whole steps (one thread, 16 heads, 4-32K tokens; the
+// versions compiled into one program, steps alternating, thread CPU time): v12 about 5% and v10
+// about 2% faster with it. The same pragmas in scores_micro (whose zeroing and stores GCC also
+// turns into calls, once per 6,912 FMAs) cost v10 4%; a compile flag against the pattern for
+// the whole file (-fno-tree-loop-distribute-patterns) cost it 3-5%.
 template <int NJ, std::size_t G, class Elem>
 inline void pv_micro(float* ot, std::size_t ldo, const float* p, std::size_t ldp, const Elem* c,
                      std::size_t ldc, std::size_t nt, const float* alpha) {
@@ -1042,7 +1042,7 @@ void decode_split(const SeqRef* seqs, const DecodeArgs& a) {
     }
   };
   const Combine merge(items, first_item, lat, a);
-  mla::parallel_for_then(static_cast<long>(items.size()), run_item, merge.jobs(), merge, threads);
+  mla::parallel_for_then(static_cast<long>(items.size()), merge.jobs(), threads, run_item, merge);
 }
 
 }  // namespace

@@ -52,13 +52,14 @@ void parallel_for(long n, int threads, Body&& body) {
   if (error) std::rethrow_exception(error);
 }
 
-/// Two loops in one parallel region: `first(i)` for i in [0, n1) as parallel_for runs them, then,
+/// Two loops in one parallel region (arguments in parallel_for's order): `first(i)` for i in
+/// [0, n1) as parallel_for runs them, then,
 /// once every thread is done with those, `then(j)` for j in [0, n2) (static schedule: even
 /// pieces) — the second loop may read what any iteration of the first wrote. One team start
 /// instead of two; for a decode step of 0.2 ms that is a microsecond or two. If an iteration of
 /// the first loop throws, the second does not run; the first exception is rethrown here.
 template <class First, class Then>
-void parallel_for_then(long n1, First&& first, long n2, Then&& then, int threads) {
+void parallel_for_then(long n1, long n2, int threads, First&& first, Then&& then) {
   // Two slots: the first loop's is final at its barrier, so every thread reads the same value
   // there, while the second loop may still be writing its own.
   std::exception_ptr error_first, error_then;
