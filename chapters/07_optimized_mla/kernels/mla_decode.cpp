@@ -2047,7 +2047,9 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 //    of up to 2^-16 of each query number (its second part rounded), where v12 has none. Then
 //    built into the head-blocked step (the two-part queries packed per item, the micro-kernel
 //    in place of v12's scores): -4% to +2% against v12 on whole steps (one thread, 16 heads,
-//    1-32K tokens, both in one program, runs alternating) — dropped.
+//    1-32K tokens, both in one program, runs alternating) — dropped;
+//  - the weighted sum's column group for a bf16 tile at 16 heads at 24 columns (24 accumulators,
+//    half the probability loads): 3-4% slower than 12; at 8 or 16: within the noise (same way).
 // Fewer than 16 heads run v11's (v10's) few-heads path.
 
 namespace {
