@@ -53,11 +53,11 @@ void parallel_for(long n, int threads, Body&& body) {
 }
 
 /// Two loops in one parallel region (arguments in parallel_for's order): `first(i)` for i in
-/// [0, n1) as parallel_for runs them, then,
-/// once every thread is done with those, `then(j)` for j in [0, n2) (static schedule: even
-/// pieces) — the second loop may read what any iteration of the first wrote. One team start
-/// instead of two; for a decode step of 0.2 ms that is a microsecond or two. If an iteration of
-/// the first loop throws, the second does not run; the first exception is rethrown here.
+/// [0, n1) as parallel_for runs them, then, once every thread is done with those, `then(j)` for
+/// j in [0, n2) (static schedule: even pieces) — the second loop may read what any iteration of
+/// the first wrote. One team start instead of two; for a decode step of 0.2 ms that is a
+/// microsecond or two. If an iteration of the first loop throws, the second does not run; the
+/// first exception is rethrown here.
 template <class First, class Then>
 void parallel_for_then(long n1, long n2, int threads, First&& first, Then&& then) {
   // Two slots: the first loop's is final at its barrier, so every thread reads the same value
