@@ -411,7 +411,16 @@ inline V broadcast_cached(const std::uint16_t* p);
 // 6 broadcasts, 12 FMAs. AVX-512: 1 query load and 12 broadcasts per 12 FMAs (16 heads) or 2
 // loads and 6 broadcasts (32 heads). Either way the FMA units, not the loads, set the pace.
 // A bf16 row is read a pair of numbers (k, k+1) at a time: the k loop steps by kPerLoad and
-// the pair's two numbers run one after the other, in the order of the float version.
+// the pair's two numbers run one after the other, in the order of the float version — per row,
+// both numbers of its pair before the next row's (all rows' first numbers, then all rows'
+// second, made GCC 12 keep the 12 widened numbers live at once: 39 vector registers wanted, a
+// spill per step).
+// The rows are addressed from four base pointers (rows 0, 3, 6, 9) plus 0, 1 or 2 row lengths
+// — what an x86 address can hold (base + index × scale) — not from twelve pointers: with twelve,
+// GCC runs out of general registers and reloads pointers from the stack inside the k loop.
+// Measured (2026-12-07, Zen 4, one thread, a tile in L2, row length not known at compile
+// time): the 16-head micro-kernel from 104-110 to 115 GFLOP/s for bf16 (a core's FMA peak is
+// ~117); whole steps at 16 heads, 2 threads: v12 +4-6%, v10 +0-3%.
 // pf: pf_lines cache lines to prefetch into L2, one per step of the k loop (v12 hands it its
 // share of the next tile; nothing otherwise).
 template <int NT, std::size_t G, class Elem>
@@ -422,19 +431,25 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
   V acc[NT][VH];
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v] = V(0.0f);
-  auto number = [&](auto e, std::size_t k) {  // k + e: one number of every row
-    constexpr std::size_t E = decltype(e)::value;
-    V q[VH];
-    for (std::size_t v = 0; v < VH; ++v) q[v] = V::load_aligned(qp + (k + E) * ldq + v * W);
-    for (int i = 0; i < NT; ++i) {
-      const V ci = broadcast_cached<E>(c + i * ldc + k);
-      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(ci, q[v], acc[i][v]);
-    }
-  };
+  // Row i at base[i / 3] + (i % 3) row lengths (see above).
+  const char* base[(NT + 2) / 3];
+  const std::ptrdiff_t row = static_cast<std::ptrdiff_t>(ldc * sizeof(Elem));
+  for (int b = 0; b < (NT + 2) / 3; ++b) base[b] = reinterpret_cast<const char*>(c) + 3 * b * row;
   for (std::size_t k = 0; k < K; k += P) {
     if (k / P < pf_lines) __builtin_prefetch(pf + 64 * (k / P), 0, 2);
-    number(std::integral_constant<std::size_t, 0>{}, k);
-    if constexpr (P == 2) number(std::integral_constant<std::size_t, 1>{}, k);
+    V q[P][VH];
+    for (std::size_t e = 0; e < P; ++e)
+      for (std::size_t v = 0; v < VH; ++v) q[e][v] = V::load_aligned(qp + (k + e) * ldq + v * W);
+    for (int i = 0; i < NT; ++i) {
+      const Elem* ci =
+          reinterpret_cast<const Elem*>(base[i / 3] + (i % 3) * row + k * sizeof(Elem));
+      const V c0 = broadcast_cached<0>(ci);
+      for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(c0, q[0][v], acc[i][v]);
+      if constexpr (P == 2) {
+        const V c1 = broadcast_cached<1>(ci);
+        for (std::size_t v = 0; v < VH; ++v) acc[i][v] = xsimd::fma(c1, q[1][v], acc[i][v]);
+      }
+    }
   }
   for (int i = 0; i < NT; ++i)
     for (std::size_t v = 0; v < VH; ++v) acc[i][v].store_aligned(s + i * lds + v * W);
