@@ -290,7 +290,9 @@ int run_sweep(const Options& o) {
   Table csv({"impl", "dtype", "batch", "heads", "context", "threads", "ms", "gflops", "gbps",
              "bound", "pct_peak", "speedup_v1"});
   RunOptions ro;
-  ro.runs = o.quick ? 2 : 3;
+  // Three timed runs even with --quick: the median of two is the slower one, and on a shared
+  // host one run in a few loses a core for a moment (a point of the figure then read ~half).
+  ro.runs = 3;
   ro.min_seconds = 0.01;
   ro.v1_max_gflop = 0.3;
   const std::size_t total = Ts.size() * Hs.size() * Bs.size() * thread_counts.size();
