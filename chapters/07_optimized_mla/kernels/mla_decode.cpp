@@ -2075,7 +2075,11 @@ void mla_decode_v11(const SeqRef* seqs, const DecodeArgs& a) {
 //    in place of v12's scores): -4% to +2% against v12 on whole steps (one thread, 16 heads,
 //    1-32K tokens, both in one program, runs alternating) — dropped;
 //  - the weighted sum's column group for a bf16 tile at 16 heads at 24 columns (24 accumulators,
-//    half the probability loads): 3-4% slower than 12; at 8 or 16: within the noise (same way).
+//    half the probability loads): 3-4% slower than 12; at 8 or 16: within the noise (same way);
+//  - the low number's shift with its load folded in (vpslld from a broadcast memory operand; GCC
+//    does not fold it, so by inline asm): GCC then kept the accumulators on the stack, 40%
+//    slower. In a loop of 12 rows with the load, shift, mask and two FMAs of each pair, all in
+//    L1, the unfolded form already runs at the FMA peak (0.28 ns per FMA, as fp32's).
 // Fewer than 16 heads run v11's (v10's) few-heads path.
 
 namespace {
