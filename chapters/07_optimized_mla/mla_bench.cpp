@@ -507,7 +507,7 @@ int main(int argc, char** argv) {
   app.add_flag("--sweep", o.sweep,
                "T in 1K..64K, H in {1,4,16,32,64,128}, B in {1,4}, 1 and --threads threads -> CSV "
                "(with --quick: T in {1K,4K,16K}, H in {1,4,16,32,128}, B = 1, --threads only)");
-  app.add_flag("--quick", o.quick, "Fewer timed runs (for the tour)");
+  app.add_flag("--quick", o.quick, "Fewer sizes and timed runs (for the tour and the figures)");
   app.add_option("--mode", o.mode,
                  "decode (the decode kernels) or prefill (a chunk of --chunk new tokens after "
                  "--context cached ones: MHA mode, MQA mode, OpenBLAS; with --sweep the pp/tg "

@@ -407,7 +407,8 @@ inline V broadcast_cached(const std::uint16_t* p);
 //   qp: (K, ldq) packed queries, heads in lanes (this group's heads at qp[k·ldq .. +G))
 //   c:  NT cache rows of ldc numbers (float, or bf16 for v12);  s: (NT, lds) scores out, heads
 //   in lanes.
-// AVX2: 12 accumulators + 2 query vectors + 1 broadcast = 15 of 16 registers; per k: 2 loads,
+// AVX2 (fp32): 12 accumulators + 2 query vectors + 1 broadcast = 15 of 16 registers (a bf16 tile
+// adds 2 query vectors and a mask: a few accumulators spill there); per k: 2 loads,
 // 6 broadcasts, 12 FMAs. AVX-512: 1 query load and 12 broadcasts per 12 FMAs (16 heads) or 2
 // loads and 6 broadcasts (32 heads). Either way the FMA units, not the loads, set the pace.
 // A bf16 row is read a pair of numbers (k, k+1) at a time: the k loop steps by kPerLoad and
@@ -420,7 +421,8 @@ inline V broadcast_cached(const std::uint16_t* p);
 // GCC runs out of general registers and reloads pointers from the stack inside the k loop.
 // Measured (2026-12-07, Zen 4, one thread, a tile in L2, row length not known at compile
 // time): the 16-head micro-kernel from 104-110 to 115 GFLOP/s for bf16 (a core's FMA peak is
-// ~117); whole steps at 16 heads, 2 threads: v12 +4-6%, v10 +0-3%.
+// ~117). On whole steps, with token_group below: v12 +2-6% at 16 heads, v10 +1% (the chapter's
+// README, "The scores micro-kernel's registers").
 // pf: pf_lines cache lines to prefetch into L2, one per step of the k loop (v12 hands it its
 // share of the next tile; nothing otherwise).
 template <int NT, std::size_t G, class Elem>
@@ -729,8 +731,8 @@ void block_begin(BlockScratch& ws, const DecodeArgs& a, const Item& it, std::siz
 // 12 ends with 4 — there the rest splits in two halves (16 = 8 + 8). A micro-kernel of 4 rows
 // has 4 accumulators, too few FMA chains to hide an FMA's latency, and with a bf16 tile (whose
 // chains take the two numbers of a pair one after the other) it ran at 64-73 GFLOP/s against
-// 115 for 12 rows (one thread, tile in L2). Measured on whole steps (16 and 32 heads, 1-32K
-// tokens, 1 and 2 threads): v10 and v12 +0-3%.
+// 115 for 12 rows (one thread, tile in L2). On whole steps, alone: 0-3% (16 and 32 heads, 1-32K
+// tokens, 1 and 2 threads; part of the gain given at scores_micro).
 std::size_t token_group(std::size_t rest, std::size_t group) {
   return rest > group && 2 * rest < 3 * group ? rest / 2 : std::min(group, rest);
 }
