@@ -79,6 +79,7 @@
 #include "07_optimized_mla/kernels/bf16.hpp"
 #include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "07_optimized_mla/kernels/fp8.hpp"
+#include "07_optimized_mla/kernels/transpose.hpp"
 #include "mla/parallel.hpp"
 #include "mla/rows.hpp"
 #include "mla/tensor.hpp"
@@ -464,7 +465,8 @@ inline void scores_micro(const float* qp, std::size_t ldq, const Elem* c, std::s
 //   alpha: (G) rescale factors of these heads
 // From a bf16 row the columns come in pairs (j, j+1), one 32-bit load each (NJ is even there:
 // lat_stride is a multiple of 16, kColGroup 12 or 6).
-// The loop that stores the accumulators is unrolled by pragma (as are transpose16's loads):
+// The loop that stores the accumulators is unrolled by pragma (as are transpose16's loads,
+// kernels/transpose.hpp):
 // left to itself GCC 12 turns it into a memcpy call before it unrolls it, and then keeps the
 // accumulators in a stack array to copy from — 12 extra stores, a call and a vzeroupper per call
 // of 768 FMAs at 16 heads. Measured on whole steps (one thread, 16 heads, 4-32K tokens; the
@@ -627,65 +629,6 @@ struct FloatTiles {
   // and their scales in range); the others always can.
   static bool few_heads_fit(const LatentCache&) { return true; }
 };
-
-#if defined(__AVX512F__)
-// dst[c·ldd + r] = f · src[r·lds + c] for r, c < 16: a 16 × 16 block transposed in registers, 64
-// shuffles for 256 numbers. Rows r0..r15 → (unpack ps) pairs of rows interleaved per 128-bit
-// lane → (unpack pd) per lane L the column 4L + c of four rows → (shuffle_f32x4, twice) each
-// column's four lanes gathered from the four quads of rows.
-inline void transpose16(const float* src, std::size_t lds, float* dst, std::size_t ldd, float f) {
-  __m512 r[16], t[16];
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + static_cast<std::size_t>(i) * lds);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // r[4q + c], lane L: column 4L + c of rows 4q .. 4q + 3
-    const __m512d a0 = _mm512_castps_pd(t[4 * q]), a1 = _mm512_castps_pd(t[4 * q + 1]);
-    const __m512d b0 = _mm512_castps_pd(t[4 * q + 2]), b1 = _mm512_castps_pd(t[4 * q + 3]);
-    r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
-    r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
-    r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
-    r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
-  }
-  const __m512 fv = _mm512_set1_ps(f);
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512 col[4] = {_mm512_shuffle_f32x4(v0, w0, _MM_SHUFFLE(2, 0, 2, 0)),
-                           _mm512_shuffle_f32x4(v1, w1, _MM_SHUFFLE(2, 0, 2, 0)),
-                           _mm512_shuffle_f32x4(v0, w0, _MM_SHUFFLE(3, 1, 3, 1)),
-                           _mm512_shuffle_f32x4(v1, w1, _MM_SHUFFLE(3, 1, 3, 1))};
-    for (int l = 0; l < 4; ++l)  // column 4l + c
-      _mm512_storeu_ps(dst + static_cast<std::size_t>(4 * l + c) * ldd, _mm512_mul_ps(col[l], fv));
-  }
-}
-#endif
-
-// dst[c·ldd + r] = f · src[r·lds + c] for r < rows, c < cols: the transposes that set up and
-// finish a head block (queries into heads-in-lanes panels, the output back into rows). With
-// AVX-512 in 16 × 16 blocks in registers (one thread, Zen 4, 16 heads: block_begin 3.6 → 2.2 µs,
-// block_end 3.1 → 1.7-2.4 µs, from loops a number at a time); the rest, and other builds, a
-// number at a time, writing dst in order while reading `rows` streams of src (the other order,
-// a store `ldd` floats apart per number, took twice as long).
-void transpose_scaled(const float* src, std::size_t lds, std::size_t rows, std::size_t cols,
-                      float* dst, std::size_t ldd, float f) {
-  std::size_t r0 = 0, c0 = 0;
-#if defined(__AVX512F__)
-  r0 = rows / 16 * 16;
-  c0 = cols / 16 * 16;
-  for (std::size_t r = 0; r < r0; r += 16)
-    for (std::size_t c = 0; c < c0; c += 16)
-      transpose16(src + r * lds + c, lds, dst + c * ldd + r, ldd, f);
-#endif
-  for (std::size_t c = 0; c < cols; ++c) {  // what the blocks left: the last rows and columns
-    const std::size_t r_begin = c < c0 ? r0 : 0;
-    for (std::size_t r = r_begin; r < rows; ++r) dst[c * ldd + r] = f * src[r * lds + c];
-  }
-}
 
 // Buffers of a head block are group-major: group g (G heads in lanes) owns one contiguous
 // (rows, G) panel, so every micro-kernel streams contiguous memory with a compile-time stride,

@@ -35,6 +35,7 @@
 #include "05_absorption/absorption.hpp"
 #include "07_optimized_mla/kernels/flash_decoding.hpp"
 #include "07_optimized_mla/kernels/mla_blas.hpp"
+#include "07_optimized_mla/kernels/transpose.hpp"
 #include "mla/parallel.hpp"
 #include "mla/random.hpp"
 
@@ -186,12 +187,9 @@ struct RowBlock {
     Q = q;
     Ot = ot;
     std::fill(Q, Q + fp.d_k * G, 0.0f);
-    for (std::size_t l = 0; l < nr; ++l) {
-      for (const QueryPart& qp : fp.part) {
-        const float* src = qp.base + (r0 + l) * qp.stride;
-        for (std::size_t k = 0; k < qp.width; ++k) Q[(qp.col + k) * G + l] = fp.scale * src[k];
-      }
-    }
+    for (const QueryPart& qp : fp.part)  // (nr, width) rows → (width, G) panel columns
+      transpose_scaled(qp.base + r0 * qp.stride, qp.stride, nr, qp.width, Q + qp.col * G, G,
+                       fp.scale);
     std::fill(Ot, Ot + dv_pad * G, 0.0f);
     // Lane l sees keys [0, position + 1); lanes past the rows get the last row's limit.
     alignas(64) float lim[G];
