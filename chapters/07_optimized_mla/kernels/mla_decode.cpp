@@ -1769,9 +1769,11 @@ void mla_decode_v9(const SeqRef* seqs, const DecodeArgs& a) {
 //                 and NH broadcasts of p feed NH·NC FMAs; each accumulator is loaded (and
 //                 rescaled by alpha) and stored once per tile, not once per four tokens.
 // A bf16 row is widened while it is loaded (load_row), so v11 reads half of v10's bytes and
-// does the same FMAs. At 8 heads and more v11 is v6, and v10 is v5 with one addition: the
-// head-blocked path asks for the next tile while it scores this one (v12's prefetch, a line per
-// step of the scores; on a Zen 4 +9-12% at H = 16, T = 32768, 2-8% elsewhere, one thread).
+// does the same FMAs. Both ask for the next tile while they work on this one, at a steady pace
+// over the scores and the weighted sum (TilePrefetch). At 16 heads and more v11 is v6, and v10
+// is v5 with one addition: the head-blocked path asks for the next tile while it scores this one
+// (v12's prefetch, a line per step of the scores; on a Zen 4 +9-12% at H = 16, T = 32768, 2-8%
+// elsewhere, one thread).
 
 namespace {
 
@@ -1830,14 +1832,54 @@ inline void pin(V& v) {
 #endif
 }
 
+// The same item's next tile, asked for into L2 at a steady pace while this one is worked on:
+// step() is called once per step of the micro-kernels' loops — the scores' and the weighted
+// sum's, of every head group — and asks for the tile's cache lines in order, as many per step
+// as puts the last one out with the last step (`steps`, counted by the caller from the loops it
+// will run). So the next tile's first loads do not wait for memory (a tile need not follow the
+// one before it in memory, and there the hardware prefetcher starts cold), and the core keeps
+// the memory busy all the time, not in bursts. Asking for the whole next tile during the scores
+// alone (what v10 did first) left the memory idle during the weighted sum, about half of the
+// step, and a core's demand came in bursts of twice its average. Measured on whole steps
+// (2026-12-07, Zen 4; both versions in one program, steps alternating, the L3 flushed before
+// each; medians of 9): with 2 threads at T = 65,536, v10 +13% at 4 heads (+20% with B = 4 ×
+// 16,384), +2% at 2, +7% at 1; v11 (as v12, which runs this path below 16 heads) +16%, +15%,
+// +11%; at T = 32,768 v10 +38% at 8 heads and +30% at 12 (there it no longer waits for memory
+// between tiles), v12 +1-3%. One thread (CPU time): v10 +43-48% at 4 heads, v12 +34% at 1 and 2.
+// Pacing the prefetch to end at 80% of the steps instead: slower than at the end; at 50%
+// (about the end of the scores): no gain at all. The same pace in v13's FP8 path (its weighted
+// sum reads a 38 KiB tile that L1 nearly holds): 10% slower at 4 and 8 heads — v13 keeps its
+// prefetch in the scores.
+class TilePrefetch {
+ public:
+  TilePrefetch() = default;  // nothing to ask for
+  TilePrefetch(const void* tile, std::size_t bytes, std::size_t steps)
+      : next_(static_cast<const char*>(tile)),
+        end_(next_ + round_up(bytes, 64)),
+        rate_(steps ? (round_up(bytes, 64) / 64 * 256 + steps - 1) / steps : 0) {}
+  void step() {
+    if (next_ >= end_) return;
+    due_ += rate_;  // in 1/256ths of a line
+    for (; due_ >= 256 && next_ < end_; due_ -= 256, next_ += 64) __builtin_prefetch(next_, 0, 2);
+  }
+
+ private:
+  const char* next_ = nullptr;
+  const char* end_ = nullptr;
+  std::size_t rate_ = 0, due_ = 0;  // lines per step, and lines due, × 256
+};
+
 // Scores of NH heads against one tile: s (NH rows of ls floats) [h][t] = q[h] · row t.
 // tile: (nt, stride) of Elem; q: (NH, ldq) packed queries (pack_query_row), 64-byte aligned.
-// next: the same item's next tile (nullptr if none): its rows are prefetched as this tile's are
-// read, so its first loads do not wait for memory (a tile need not follow the one before it in
-// memory, and there the hardware prefetcher would start cold).
+// One pf.step() per step of the k loop: few_scores_steps of them.
+template <int NH>
+std::size_t few_scores_steps(std::size_t nt, std::size_t stride) {
+  constexpr std::size_t NT = W / NH;
+  return (nt + NT - 1) / NT * ((stride + W - 1) / W);
+}
 template <int NH, class Elem>
 void few_scores(RowView<const Elem> tile, const float* q, std::size_t ldq, float* s, std::size_t ls,
-                const Elem* next) {
+                TilePrefetch& pf) {
   constexpr int NT = static_cast<int>(W) / NH;  // NT·NH = W accumulators: one sum_lanes
   const std::size_t nt = tile.rows(), stride = tile.cols();
   for (std::size_t t0 = 0; t0 < nt; t0 += NT) {
@@ -1849,9 +1891,7 @@ void few_scores(RowView<const Elem> tile, const float* q, std::size_t ldq, float
     for (std::size_t k = 0; k < stride; k += W) {
       V c[NT];
       for (int i = 0; i < NT; ++i) c[i] = load_row(r[i] + k);
-      if (next && k % (64 / sizeof(Elem)) == 0) {  // one prefetch per 64-byte line
-        for (int i = 0; i < NT; ++i) __builtin_prefetch(next + (t0 + i) * stride + k, 0, 2);
-      }
+      pf.step();
       for (int h = 0; h < NH; ++h) {
         V qh = V::load_aligned(q + h * ldq + k);
         if constexpr (NT > 1) pin(qh);  // one load for NT FMAs
@@ -1866,11 +1906,11 @@ void few_scores(RowView<const Elem> tile, const float* q, std::size_t ldq, float
 }
 
 // NC vectors of latent columns from j of NH heads' accumulators, over the whole tile:
-// acc[h][j..] = alpha[h]·acc[h][j..] + Σ_t p[h][t]·row_t[j..].
+// acc[h][j..] = alpha[h]·acc[h][j..] + Σ_t p[h][t]·row_t[j..]; a pf.step() per token.
 // rows: (nt, ≥ j + NC·W) of Elem; p: (NH, ldp); acc: (NH, lda).
 template <int NH, int NC, class Elem>
 void few_pv_block(RowView<const Elem> rows, std::size_t j, const float* p, std::size_t ldp,
-                  const float* alpha, float* acc, std::size_t lda) {
+                  const float* alpha, float* acc, std::size_t lda, TilePrefetch& pf) {
   V o[NH][NC];
   for (int h = 0; h < NH; ++h) {
     const V al(alpha[h]);
@@ -1880,6 +1920,7 @@ void few_pv_block(RowView<const Elem> rows, std::size_t j, const float* p, std::
     const Elem* r = rows.row(t) + j;
     V x[NC];
     for (int c = 0; c < NC; ++c) x[c] = load_row(r + c * W);
+    pf.step();
     for (int h = 0; h < NH; ++h) {
       V ph(p[h * ldp + t]);
       if constexpr (NC > 1) pin(ph);  // one broadcast for NC FMAs
@@ -1891,15 +1932,23 @@ void few_pv_block(RowView<const Elem> rows, std::size_t j, const float* p, std::
 }
 
 // The weighted sum of NH heads over the latent columns of a tile, NC vectors at a time (fewer
-// for the last columns: lat_stride is a multiple of 16, not of NC·W).
+// for the last columns: lat_stride is a multiple of 16, not of NC·W); few_pv_steps pf.step()s.
+template <int NC>
+std::size_t few_pv_steps(std::size_t nt, std::size_t lat) {
+  const std::size_t blocks = lat / (NC * W), rest = lat - blocks * NC * W;
+  if constexpr (NC > 1) {
+    if (rest) return blocks * nt + few_pv_steps<NC / 2>(nt, rest);
+  }
+  return blocks * nt;
+}
 template <int NH, int NC, class Elem>
 void few_pv(RowView<const Elem> rows, const float* p, std::size_t ldp, const float* alpha,
-            float* acc, std::size_t lda) {
+            float* acc, std::size_t lda, TilePrefetch& pf) {
   const std::size_t lat = rows.cols();
   std::size_t j = 0;
-  for (; j + NC * W <= lat; j += NC * W) few_pv_block<NH, NC>(rows, j, p, ldp, alpha, acc, lda);
+  for (; j + NC * W <= lat; j += NC * W) few_pv_block<NH, NC>(rows, j, p, ldp, alpha, acc, lda, pf);
   if constexpr (NC > 1) {
-    if (j < lat) few_pv<NH, NC / 2>(rows.cols_range(j, lat - j), p, ldp, alpha, acc + j, lda);
+    if (j < lat) few_pv<NH, NC / 2>(rows.cols_range(j, lat - j), p, ldp, alpha, acc + j, lda, pf);
   }
 }
 
@@ -1928,10 +1977,18 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
   for (std::size_t i = it.tile_begin; i < it.tile_end; ++i) {
     const std::size_t nt = tile_tokens(length, i);
     const RowView<const Elem> tile = cache_tile<Elem>(cache, i, nt);
-    const Elem* next = i + 1 < it.tile_end ? cache_tile<Elem>(cache, i + 1, 1).data() : nullptr;
+    TilePrefetch pf;
+    if (i + 1 < it.tile_end) {
+      std::size_t steps = 0;
+      for_head_groups(nh, [&](auto NH, std::size_t) {
+        steps += few_scores_steps<NH()>(nt, stride) + few_pv_steps<kFewAcc / NH()>(nt, lat);
+      });
+      const std::size_t next_nt = tile_tokens(length, i + 1);
+      pf = TilePrefetch(cache_tile<Elem>(cache, i + 1, next_nt).data(),
+                        next_nt * stride * sizeof(Elem), steps);
+    }
     for_head_groups(nh, [&](auto NH, std::size_t h) {
-      few_scores<NH()>(tile, ws.q.data() + h * stride, stride, S + h * kTile, kTile,
-                       h == 0 ? next : nullptr);
+      few_scores<NH()>(tile, ws.q.data() + h * stride, stride, S + h * kTile, kTile, pf);
     });
     for (std::size_t hh = 0; hh < nh; ++hh) {
       float* s = S + hh * kTile;
@@ -1940,7 +1997,8 @@ void run_few_heads(const LatentCache& cache, std::size_t length, const DecodeArg
     }
     const RowView<const Elem> lat_rows = tile.cols_range(0, lat);
     for_head_groups(nh, [&](auto NH, std::size_t h) {
-      few_pv<NH(), kFewAcc / NH()>(lat_rows, S + h * kTile, kTile, alpha + h, acc + h * lat, lat);
+      few_pv<NH(), kFewAcc / NH()>(lat_rows, S + h * kTile, kTile, alpha + h, acc + h * lat, lat,
+                                   pf);
     });
   }
   std::copy(acc, acc + nh * lat, it.part);  // the layout of partial_of
