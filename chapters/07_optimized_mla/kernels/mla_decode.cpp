@@ -39,9 +39,10 @@
 // version 9 is v8 on a bf16 cache (a tile widened once per pass, not once per head block).
 // version 10 is v5 whose path for fewer than 16 heads keeps all the heads of an item in registers
 //           at once (scores: tokens × heads filling the register file, summed across lanes by one
-//           transpose-and-add; weighted sum: heads × latent columns, stored once per tile), and
-//           whose head-blocked path asks for the next tile while it scores this one (v12's
-//           prefetch, on the fp32 cache). Version 11 is v6 with v10's few-heads path.
+//           transpose-and-add; weighted sum: heads × latent columns, stored once per tile; the
+//           next tile asked for at a steady pace over both), and whose head-blocked path asks
+//           for the next tile while it scores this one (v12's prefetch, on the fp32 cache).
+//           Version 11 is v6 with v10's few-heads path.
 // version 12 is v11 without the widened tile: the head-blocked micro-kernels read the bf16 tile
 //           as cached, a pair of numbers per 32-bit load widened in registers, and the next tile
 //           is prefetched, a line per step of the scores. As fast as v5 (fp32) or faster on a
@@ -1843,7 +1844,7 @@ inline void pin(V& v) {
 // step, and a core's demand came in bursts of twice its average. Measured on whole steps
 // (2026-12-07, Zen 4; both versions in one program, steps alternating, the L3 flushed before
 // each; medians of 9): with 2 threads at T = 65,536, v10 +13% at 4 heads (+20% with B = 4 ×
-// 16,384), +2% at 2, +7% at 1; v11 (as v12, which runs this path below 16 heads) +16%, +15%,
+// 16,384), +1% at 2, +7% at 1; v11 (as v12, which runs this path below 16 heads) +16%, +15%,
 // +11%; at T = 32,768 v10 +38% at 8 heads and +30% at 12 (there it no longer waits for memory
 // between tiles), v12 +1-3%. One thread (CPU time): v10 +43-48% at 4 heads, v12 +34% at 1 and 2.
 // Pacing the prefetch to end at 80% of the steps instead: slower than at the end; at 50%
